@@ -1,0 +1,37 @@
+"""Errors a user can act on: each says what went wrong, where (file or setting), and a hint."""
+from __future__ import annotations
+
+
+class InfinityError(Exception):
+    """Base class. `str(err)` is the full message: what, where, and a HINT line."""
+
+    def __init__(self, message: str, *, hint: str = "", path: str | None = None):
+        self.message, self.hint, self.path = message, hint, path
+        text = message if path is None else f"{message} ({path})"
+        if hint:
+            text += f"\nHINT: {hint}"
+        super().__init__(text)
+
+
+class CheckpointError(InfinityError):
+    """A file that is not a usable Infinity transformer / bitwise tokenizer / T5 encoder."""
+
+
+class IncompatibleModelsError(InfinityError):
+    """Two models that cannot work together (e.g. a d16 tokenizer with a d32 transformer)."""
+
+
+class ResolutionError(InfinityError):
+    """A size, budget or schedule Infinity cannot generate."""
+
+
+class PromptError(InfinityError):
+    """An unusable prompt (empty, or text features of the wrong width)."""
+
+
+class MemoryBudgetError(InfinityError):
+    """A run whose estimated memory exceeds what the device has; refused before allocating."""
+
+
+class SamplingError(InfinityError):
+    """Sampler settings that cannot work (lists too short, bad cfg insertion layer, ...)."""

@@ -1,0 +1,88 @@
+"""Pixels in and out: decoding latents (whole or tiled), preparing input images, uint8 output.
+
+Layouts: decoder output `[B, 3, H, W]` in [-1, 1]; "rgb01" is ComfyUI's `[B, H, W, 3]` in [0, 1].
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .vae import BitwiseTokenizer
+
+
+def to_rgb01(decoded_B3HW: torch.Tensor) -> torch.Tensor:
+    return ((decoded_B3HW.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def to_uint8_bgr(decoded_B3HW: torch.Tensor) -> torch.Tensor:
+    """The reference's output: (x + 1) / 2 * 255 truncated to uint8, channels flipped to BGR."""
+    return ((decoded_B3HW + 1) / 2).permute(0, 2, 3, 1).mul(255).to(torch.uint8).flip(dims=(3,))
+
+
+def from_rgb01(image_BHW3: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """ComfyUI IMAGE -> encoder input `[B, 3, H, W]` in [-1, 1]: scale to cover, centre-crop (as the
+    reference's `transform`; bicubic with antialias stands in for PIL's LANCZOS)."""
+    x = image_BHW3[..., :3].permute(0, 3, 1, 2).float()
+    H, W = size_hw
+    h, w = x.shape[-2:]
+    if (h, w) != (H, W):
+        s = max(H / h, W / w)
+        nh, nw = max(H, round(h * s)), max(W, round(w * s))
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        top, left = (nh - H) // 2, (nw - W) // 2
+        x = x[..., top:top + H, left:left + W]
+    return (x + x - 1).contiguous()
+
+
+def _ramp(n: int, overlap: int, at_start: bool, at_end: bool, device) -> torch.Tensor:
+    w = torch.ones(n, device=device)
+    ramp = torch.linspace(0, 1, overlap + 2, device=device)[1:-1]
+    if not at_start and overlap:
+        w[:overlap] = ramp
+    if not at_end and overlap:
+        w[-overlap:] = ramp.flip(0)
+    return w
+
+
+@torch.no_grad()
+def decode_tiled(vae: BitwiseTokenizer, latent_BdHW: torch.Tensor, tile: int = 32, overlap: int = 4) -> torch.Tensor:
+    """Decode in overlapping latent tiles blended linearly: bounded memory for large images.
+
+    GroupNorm statistics are per tile, so seams are possible where tiles differ; full decoding is exact.
+    """
+    B, _, H, W = latent_BdHW.shape
+    if H <= tile and W <= tile:
+        return vae.decode(latent_BdHW)
+    f = vae.config.patch_size
+    out = torch.zeros(B, 3, H * f, W * f, device=latent_BdHW.device)
+    weight = torch.zeros(1, 1, H * f, W * f, device=latent_BdHW.device)
+    step = tile - overlap
+    for y in range(0, max(H - overlap, 1), step):
+        for x in range(0, max(W - overlap, 1), step):
+            y1, x1 = min(y + tile, H), min(x + tile, W)
+            y0, x0 = max(0, y1 - tile), max(0, x1 - tile)
+            part = vae.decode(latent_BdHW[..., y0:y1, x0:x1]).float()
+            wy = _ramp((y1 - y0) * f, overlap * f, y0 == 0, y1 == H, out.device)
+            wx = _ramp((x1 - x0) * f, overlap * f, x0 == 0, x1 == W, out.device)
+            w2 = wy[:, None] * wx[None, :]
+            out[..., y0 * f:y1 * f, x0 * f:x1 * f] += part * w2
+            weight[..., y0 * f:y1 * f, x0 * f:x1 * f] += w2
+    return (out / weight).clamp(-1, 1)
+
+
+def preview_rgb(summed_Bd1HW: torch.Tensor, max_side: int = 256) -> torch.Tensor:
+    """A cheap picture of the running latent (no decoder): the first three channels' projection,
+    normalised per image, upsampled. `[B, h, w, 3]` in [0, 1]; good enough to watch structure form."""
+    z = summed_Bd1HW.float().squeeze(2)
+    d = z.shape[1]
+    # fixed pseudo-random projection: identical across runs, no learned weights needed
+    g = torch.Generator().manual_seed(d)
+    proj = torch.randn(3, d, generator=g).to(z.device)
+    rgb = torch.einsum("bdhw,cd->bchw", z, proj)
+    lo = rgb.amin(dim=(2, 3), keepdim=True)
+    hi = rgb.amax(dim=(2, 3), keepdim=True)
+    rgb = (rgb - lo) / (hi - lo).clamp_min(1e-6)
+    h, w = rgb.shape[-2:]
+    scale = max(1, max_side // max(h, w))
+    rgb = F.interpolate(rgb, scale_factor=scale, mode="nearest")
+    return rgb.permute(0, 2, 3, 1).cpu()

@@ -1,0 +1,99 @@
+"""Build ready-to-run modules from checkpoint files (config inferred, keys remapped, strict load)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from . import ops as default_ops
+from .checkpoints import (cast_floats, check_finite, check_keys, read_file, remap_transformer_keys,
+                          remap_vae_keys, require_kind, unwrap_state_dict)
+from .config import InfinityConfig, VAEConfig, infinity_config_from_state_dict, preset_name, vae_config_from_state_dict
+from .errors import CheckpointError, IncompatibleModelsError
+from .transformer import InfinityTransformer
+from .vae import BitwiseTokenizer
+
+log = logging.getLogger(__name__)
+
+
+def _state_dict(path, kind: str) -> dict[str, torch.Tensor]:
+    sd = unwrap_state_dict(read_file(path), str(path))
+    require_kind(sd, kind, str(path))
+    return sd
+
+
+def transformer_state_dict(path) -> tuple[InfinityConfig, dict[str, torch.Tensor]]:
+    """The remapped state dict of a transformer file and the config read off it."""
+    sd = remap_transformer_keys(_state_dict(path, "infinity_transformer"))
+    try:
+        return infinity_config_from_state_dict(sd), sd
+    except KeyError as err:
+        raise CheckpointError(f"Infinity transformer is missing tensor {err}", path=str(path),
+                              hint="the file is incomplete; download it again") from None
+
+
+def tokenizer_state_dict(path) -> tuple[VAEConfig, dict[str, torch.Tensor]]:
+    sd = remap_vae_keys(_state_dict(path, "bitwise_tokenizer"))
+    try:
+        return vae_config_from_state_dict(sd), sd
+    except KeyError as err:
+        raise CheckpointError(f"bitwise tokenizer is missing tensor {err}", path=str(path),
+                              hint="the file is incomplete; download it again") from None
+
+
+def build_transformer(config: InfinityConfig, sd, *, path: str = "<state dict>", dtype=None, device="cpu",
+                      ops=default_ops, verify_finite: bool = True) -> InfinityTransformer:
+    """Instantiate on the meta device and adopt the loaded tensors (no copy, no random init)."""
+    model = InfinityTransformer(config, ops=ops, device="meta")
+    check_keys(model, sd, path, "transformer")
+    sd = cast_floats(sd, dtype)
+    if verify_finite:
+        check_finite(sd, path)
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def build_tokenizer(config: VAEConfig, sd, *, path: str = "<state dict>", dtype=None, device="cpu",
+                    ops=default_ops, verify_finite: bool = True) -> BitwiseTokenizer:
+    model = BitwiseTokenizer(config, ops=ops, device="meta")
+    check_keys(model, sd, path, "bitwise tokenizer")
+    sd = cast_floats(sd, dtype)
+    if verify_finite:
+        check_finite(sd, path)
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_transformer(path, *, dtype=None, device="cpu", ops=default_ops) -> InfinityTransformer:
+    config, sd = transformer_state_dict(path)
+    log.info("Infinity transformer %s: %s (%s)", path, preset_name(config) or "custom size", config)
+    return build_transformer(config, sd, path=str(path), dtype=dtype, device=device, ops=ops)
+
+
+def load_tokenizer(path, *, dtype=None, device="cpu", ops=default_ops) -> BitwiseTokenizer:
+    config, sd = tokenizer_state_dict(path)
+    log.info("bitwise tokenizer %s: %s (%s)", path, preset_name(config) or "custom size", config)
+    return build_tokenizer(config, sd, path=str(path), dtype=dtype, device=device, ops=ops)
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """How a transformer's tokens map onto a tokenizer's latent cells."""
+
+    patchify: bool
+    codebook_dim: int
+
+
+def pair(transformer: InfinityConfig, tokenizer: VAEConfig, *, transformer_name: str = "the transformer",
+         tokenizer_name: str = "the bitwise tokenizer") -> Pairing:
+    """Check that the tokenizer's bit width matches the transformer's; return the token layout."""
+    d_t, d, stride = transformer.bits_per_token, tokenizer.codebook_dim, tokenizer.patch_size
+    if stride == 16 and d == d_t:
+        return Pairing(False, d)
+    if stride == 8 and 4 * d == d_t:
+        return Pairing(True, d)
+    raise IncompatibleModelsError(
+        f"{tokenizer_name} has {d} bits per latent cell (stride {stride}) but {transformer_name} predicts "
+        f"{d_t} bits per token",
+        hint="Infinity-2B needs infinity_vae_d32reg.pth; Infinity-8B needs infinity_vae_d56_f8_14_patchify.pth")

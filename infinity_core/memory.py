@@ -1,0 +1,61 @@
+"""Memory estimates, so a run that cannot fit is refused before anything is allocated."""
+from __future__ import annotations
+
+import torch
+
+from .config import InfinityConfig, VAEConfig
+from .errors import MemoryBudgetError
+from .schedules import ScaleSchedule
+
+
+def dtype_bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def kv_cache_bytes(config: InfinityConfig, schedule: ScaleSchedule, rows: int, dtype: torch.dtype) -> int:
+    """Keys and values of every layer for every token: rows x depth x L x C x 2."""
+    return rows * config.depth * schedule.num_tokens * config.embed_dim * 2 * dtype_bytes(dtype)
+
+
+def sampling_bytes(config: InfinityConfig, schedule: ScaleSchedule, batch: int, guided: bool,
+                   dtype: torch.dtype, text_tokens: int = 512) -> int:
+    """KV cache + text keys/values + the largest scale's activations (fp32 residual, MLP, attention)."""
+    rows = batch * (2 if guided else 1)
+    L_last, C, L = max(schedule.tokens_per_scale), config.embed_dim, schedule.num_tokens
+    text_kv = rows * config.depth * text_tokens * C * 2 * dtype_bytes(dtype)
+    activations = rows * L_last * (4 * C * 4 + (3 * C + config.mlp_hidden) * dtype_bytes(dtype))
+    attention = rows * config.num_heads * L_last * L * 4  # score block if SDPA falls back to the math kernel
+    logits = rows * L_last * config.bits_per_token * 2 * 4 * 3
+    return kv_cache_bytes(config, schedule, rows, dtype) + text_kv + activations + attention + logits
+
+
+def decode_bytes(config: VAEConfig, image_hw: tuple[int, int], batch: int, dtype: torch.dtype) -> int:
+    """Peak of the decoder: a few full-resolution feature maps of its widest full-size stage."""
+    H, W = image_hw
+    widest_full_res = config.base_ch * config.decoder_ch_mult[0]
+    widest_half_res = config.base_ch * config.decoder_ch_mult[min(1, len(config.decoder_ch_mult) - 1)]
+    per_image = H * W * max(3 * widest_full_res, 3 * widest_half_res // 4) * dtype_bytes(dtype)
+    return batch * per_image
+
+
+def available_bytes(device) -> int | None:
+    """Free memory of a device (CUDA: driver's free memory; CPU: MemAvailable), or None if unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def require_memory(needed: int, available: int | None, what: str, hint: str) -> None:
+    if available is not None and needed > available:
+        raise MemoryBudgetError(f"{what} needs about {needed / 2**30:.2f} GiB but only {available / 2**30:.2f} GiB "
+                                f"is free", hint=hint)

@@ -1,0 +1,51 @@
+"""2D rotary position embedding of Infinity's self-attention ("star" normalisation, mode 2).
+
+Source: FoundationVision/Infinity `infinity/models/basic.py` (precompute_rope2d_freqs_grid,
+apply_rotary_emb). Every token of every scale is placed on the template's 1M final grid:
+row r = round(y * H1M / h), col q = round(x * W1M / w), products in float32 and rounding half to
+even (both matter: ties are common on non-square templates). The first half of each head's
+channel pairs rotates with the row, the second half with the column; pairs are interleaved.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from .schedules import TEMPLATES
+
+ROPE_BASE = 10000.0
+ROPE_GRID = 128  # the reference's 2048 // 16 base grid
+
+
+def _positions(n: int, full: int) -> torch.Tensor:
+    # float32 product then round-half-even, exactly as the reference computes its indices
+    return (torch.arange(n) * (full / n)).round().long()
+
+
+@lru_cache(maxsize=64)
+def rope_table(head_dim: int, template: float) -> torch.Tensor:
+    """cos/sin of every token of the template's 13-scale 1M schedule: `[2, L_1M, head_dim // 2]` float32.
+
+    Shorter budgets use a prefix of these rows (their grids are a prefix of the 1M list).
+    """
+    half = head_dim // 2
+    inv_freq = 1.0 / (ROPE_BASE ** (torch.arange(0, half, 2, dtype=torch.int64).float() / half))
+    grids = TEMPLATES[template]
+    full_h, full_w = grids[-1]
+    rows = []
+    for h, w in grids:
+        r = _positions(h, full_h).reshape(h, 1).expand(h, w).reshape(-1)
+        q = _positions(w, full_w).reshape(1, w).expand(h, w).reshape(-1)
+        angles = torch.cat([torch.outer(r.float(), inv_freq), torch.outer(q.float(), inv_freq)], dim=-1)
+        rows.append(angles)
+    angles_Lh = torch.cat(rows, 0)
+    return torch.stack([angles_Lh.cos(), angles_Lh.sin()], 0)
+
+
+def apply_rope(x_BHLc: torch.Tensor, cos_sin_2Lh: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs (x[2m], x[2m+1]) by the angles of each position."""
+    cos, sin = cos_sin_2Lh[0], cos_sin_2Lh[1]
+    x = x_BHLc.unflatten(-1, (-1, 2))
+    x0, x1 = x[..., 0], x[..., 1]
+    return torch.stack([cos * x0 - sin * x1, sin * x0 + cos * x1], dim=-1).flatten(-2)

@@ -1,0 +1,190 @@
+"""Next-scale autoregressive sampling with classifier-free guidance, per-bit top-k/top-p and seeds.
+
+Source: FoundationVision/Infinity `Infinity.autoregressive_infer_cfg` (infinity.py L455-642) and
+`sample_with_top_k_top_p_also_inplace_modifying_logits_` (L721-735), separated from the network.
+Per scale: run the blocks on the scale's tokens (KV cache holds all earlier scales), take bit
+logits, guide them (`cfg * cond + (1 - cfg) * uncond`, both divided by tau first), mask with
+top-k/top-p per bit, draw every bit of the scale with ONE `torch.multinomial` call, turn the bits
+into codes, add them (upsampled) to the running latent, and resample that sum to the next grid as
+the next input. Seeded CPU generators give the reference's exact draws on CPU.
+Shape legend: B images, N = tokens x bits of a scale, d_t bits per token, d bits per latent cell.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .conditioning import TextEmbedding
+from .errors import SamplingError
+from .quantizer import bits_to_codes, next_scale_input, token_bits_to_vae, upsample_codes, vae_bits_to_tokens
+from .schedules import ScaleSchedule
+from .transformer import InfinityTransformer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """`cfg` / `tau`: a number, or one value per scale (extra values are ignored, as in the reference).
+
+    top_k acts per bit on two values, so only top_k = 1 (greedy) changes anything; 0 or >= 2 keep
+    both. top_p drops the less likely bit value when its probability is <= 1 - top_p (0 = off).
+    cfg_insertion_layer: 0 = guide the logits (every release); -k = mix the hidden states after
+    layer depth-k; 1 reproduces a reference quirk: the unconditional half runs but guides nothing.
+    """
+
+    cfg: float | Sequence[float] = 3.0
+    tau: float | Sequence[float] = 0.5
+    top_k: int = 0
+    top_p: float = 0.0
+    cfg_insertion_layer: Sequence[int] = (0,)
+
+    def per_scale(self, n: int) -> tuple[list[float], list[float]]:
+        def expand(value, name):
+            values = [float(value)] * n if isinstance(value, (int, float)) else [float(v) for v in value]
+            if len(values) < n:
+                raise SamplingError(f"{name} has {len(values)} values but the schedule has {n} scales",
+                                    hint=f"give one {name} value per scale, or a single number")
+            return values[:n]
+        return expand(self.cfg, "cfg"), expand(self.tau, "tau")
+
+
+@dataclass
+class ScaleProgress:
+    """Handed to the callback after each scale; raising from the callback cancels the run cleanly."""
+
+    index: int
+    total: int
+    bits_BLd: torch.Tensor
+    summed_codes_Bd1HW: torch.Tensor
+
+
+@dataclass
+class SampleResult:
+    bits: list[torch.Tensor]            # transformer layout per scale, [B, h*w, d_t] uint8
+    summed_codes: torch.Tensor          # [B, d, H, W] float32: the decoder's input
+    schedule: ScaleSchedule
+    patchify: bool
+    logits: list[torch.Tensor] | None = None  # guided, tempered, unmasked [B, N, 2] (if recorded)
+
+
+def mask_logits_(logits_BN2: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """The reference's top-k then top-p masking, in place, on two-way bit logits."""
+    if top_k > 0:
+        kth = logits_BN2.topk(min(top_k, 2), dim=-1, largest=True, sorted=False)[0].amin(dim=-1, keepdim=True)
+        logits_BN2.masked_fill_(logits_BN2 < kth, -torch.inf)
+    if top_p > 0:
+        sorted_logits, sorted_idx = logits_BN2.sort(dim=-1, descending=False)
+        drop = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
+        drop[..., -1:] = False  # the most likely value always survives
+        logits_BN2.masked_fill_(drop.scatter(-1, sorted_idx, drop), -torch.inf)
+    return logits_BN2
+
+
+def draw_bits(probs_BN2: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One multinomial draw for the whole batch (one generator), or one per image (one per image)."""
+    B, N, _ = probs_BN2.shape
+    dev = generators[0].device
+    probs = probs_BN2.to(dev)
+    if len(generators) == 1:
+        out = torch.multinomial(probs.view(-1, 2), 1, replacement=True, generator=generators[0]).view(B, N)
+    else:
+        out = torch.stack([torch.multinomial(probs[b], 1, replacement=True, generator=g).view(N)
+                           for b, g in enumerate(generators)])
+    return out.to(probs_BN2.device)
+
+
+def make_generators(seed: int, batch: int, device="cpu", per_image: bool = True) -> list[torch.Generator]:
+    """Image i of a batch uses seed + i (so it equals a single run with that seed), or one shared stream."""
+    seeds = [seed + i for i in range(batch)] if per_image else [seed]
+    return [torch.Generator(device=device).manual_seed(s % 2**64) for s in seeds]
+
+
+def _guidance(settings: SamplerSettings, depth: int) -> tuple[bool, frozenset[int]]:
+    on_logits, layers = False, set()
+    for item in settings.cfg_insertion_layer:
+        if item == 0:
+            on_logits = True
+        elif item == 1:
+            log.warning("cfg_insertion_layer 1 applies no guidance (reference behaviour); the uncond half still runs")
+        elif -depth < item < 0:
+            layers.add(depth + item)
+        else:
+            raise SamplingError(f"cfg_insertion_layer {item} is not valid for a {depth}-layer model",
+                                hint="use 0 (guide the logits, the default) or -1 .. -(depth-1)")
+    return on_logits, frozenset(layers)
+
+
+def _guided_text(model, text: TextEmbedding, negative: TextEmbedding | None, batch: int) -> TextEmbedding:
+    text = text.expand_to(batch)
+    uncond = negative.expand_to(batch) if negative is not None else model.null_text(text)
+    return TextEmbedding.cat([text, uncond])
+
+
+@torch.no_grad()
+def sample(
+    model: InfinityTransformer,
+    text: TextEmbedding,
+    schedule: ScaleSchedule,
+    *,
+    generators: Sequence[torch.Generator],
+    settings: SamplerSettings = SamplerSettings(),
+    patchify: bool = False,
+    negative: TextEmbedding | None = None,
+    batch: int | None = None,
+    teacher_bits: Sequence[torch.Tensor] = (),
+    stop_after: int | None = None,
+    device=None,
+    compute_dtype: torch.dtype = torch.float32,
+    callback: Callable[[ScaleProgress], None] | None = None,
+    record_logits: bool = False,
+) -> SampleResult:
+    """Generate `batch` images' bits. `teacher_bits[si]` (transformer or VAE layout) replaces the draw
+    of scale si (the reference's gt_leak: image-to-image); `stop_after=k` keeps only scales < k."""
+    B = batch or text.batch
+    n = schedule.num_scales if stop_after is None else max(1, min(stop_after, schedule.num_scales))
+    cfg_list, tau_list = settings.per_scale(schedule.num_scales)
+    on_logits, mix_layers = _guidance(settings, len(model.blocks))
+    use_cfg = any(c != 1 for c in cfg_list)
+    full_text = _guided_text(model, text, negative, B) if use_cfg else text.expand_to(B)
+    device = torch.device(device) if device is not None else model.head.weight.device
+    vae_grids = schedule.vae_grids(patchify)
+    final_HW = vae_grids[-1]
+
+    state = model.condition(full_text, schedule, device, compute_dtype, max_tokens=sum(schedule.tokens_per_scale[:n]))
+    try:
+        x, summed, bits_out, logits_out = model.start_tokens(state), 0, [], []
+        for si in range(n):
+            cfg, tau = cfg_list[si], tau_list[si]
+            mix = lambda h, cfg=cfg: torch.cat([cfg * h[:B] + (1 - cfg) * h[B:]] * 2)  # noqa: E731
+            hidden = model.forward_scale(x, si, state, mix_after_layers=mix_layers if cfg != 1 else frozenset(), mix=mix)
+            if cfg != 1 and on_logits:
+                logits = model.logits(hidden, state).mul(1 / tau)
+                logits = cfg * logits[:B] + (1 - cfg) * logits[B:]
+            else:
+                logits = model.logits(hidden[:B], state, rows=slice(0, B)).mul(1 / tau)
+            logits = logits.reshape(B, -1, 2)
+            if record_logits:
+                logits_out.append(logits.clone())
+            probs = mask_logits_(logits, settings.top_k, settings.top_p).softmax(dim=-1)
+            bits = draw_bits(probs, generators).view(B, schedule.tokens_per_scale[si], -1).to(torch.uint8)
+            if si < len(teacher_bits):
+                bits = _as_token_bits(teacher_bits[si], patchify).to(device=bits.device, dtype=torch.uint8)
+            codes = bits_to_codes(token_bits_to_vae(bits, schedule.grids[si], patchify))
+            summed = summed + upsample_codes(codes, final_HW)
+            if si + 1 < n:
+                x = model.embed_bits(next_scale_input(summed, vae_grids[si + 1], patchify), state)
+                x = x.repeat(full_text.batch // B, 1, 1)
+            bits_out.append(bits)
+            if callback is not None:
+                callback(ScaleProgress(si, n, bits, summed))
+    finally:
+        model.free(state)
+    return SampleResult(bits_out, summed.squeeze(2), schedule, patchify, logits_out if record_logits else None)
+
+
+def _as_token_bits(bits: torch.Tensor, patchify: bool) -> torch.Tensor:
+    return vae_bits_to_tokens(bits, patchify) if bits.ndim == 5 else bits

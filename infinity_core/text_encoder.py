@@ -1,0 +1,234 @@
+"""The T5 text encoder Infinity conditions on: prompts in, packed `TextEmbedding` out.
+
+Mirrors the reference's `run_infinity.py: load_tokenizer` / `encode_prompt` (spec §6.1): flan-t5-xl
+tokenizer, 512 tokens padded to max_length with truncation (EOS kept), Hugging Face
+`T5EncoderModel` on the whole padded batch with the attention mask, `last_hidden_state` cast to
+fp32, each prompt's first `mask.sum()` rows packed. Loads an HF folder or a single safetensors file
+whose config is inferred from tensor shapes. Pure PyTorch + transformers; never touches the network.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+from .conditioning import TextEmbedding
+from .errors import CheckpointError, PromptError
+
+logger = logging.getLogger(__name__)
+
+MAX_LENGTH = 512
+_Q0 = "block.0.layer.0.SelfAttention.q.weight"
+_CORRUPT_HINT = "the file is incomplete or corrupt; re-download it"
+
+
+def load_t5_tokenizer(tokenizer_dir: str | Path):
+    """The T5 tokenizer of a folder, reproducing the reference's `T5TokenizerFast`.
+
+    transformers 4.x loaded `tokenizer.json` verbatim; 5.x's `AutoTokenizer` rebuilds the T5
+    pipeline from the vocabulary (ignoring the file's normalizer/pre-tokenizer and `legacy`), which
+    tokenizes text glued to special-token strings differently ("<pad>dog"). So a `tokenizer.json`
+    is loaded as is; a folder with only `spiece.model` goes through `AutoTokenizer(legacy=True)`.
+    """
+    folder = Path(tokenizer_dir)
+    if (folder / "tokenizer.json").is_file():
+        tok = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    elif (folder / "spiece.model").is_file():
+        tok = AutoTokenizer.from_pretrained(str(folder), legacy=True, local_files_only=True)
+    else:
+        raise CheckpointError("no T5 tokenizer files (tokenizer.json or spiece.model) found", path=str(folder),
+                              hint="put the flan-t5 tokenizer files (tokenizer.json, tokenizer_config.json, "
+                                   "special_tokens_map.json) beside the encoder, or pass tokenizer_dir")
+    if tok.pad_token_id is None or tok.eos_token_id is None:
+        raise CheckpointError("the tokenizer defines no <pad> or </s> token", path=str(folder),
+                              hint="use the flan-t5 tokenizer files")
+    return tok
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError("T5 encoder file not found", path=str(path), hint="check the file name")
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary code
+        except Exception as err:
+            raise CheckpointError(f"cannot read the T5 encoder file: {str(err).splitlines()[0][:200]}", path=str(path),
+                                  hint="convert it to .safetensors, or re-download it if it is incomplete") from err
+        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    else:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            sd = load_file(str(path))
+        except SafetensorError as err:
+            raise CheckpointError(f"cannot read the safetensors file: {err}", path=str(path), hint=_CORRUPT_HINT) from err
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError("the file holds no plain tensor dictionary", path=str(path), hint="use a .safetensors file")
+    return sd
+
+
+def _canonical_keys(sd: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
+    """HF `T5EncoderModel` key names: prefix stripped, decoder/lm_head dropped, tied embedding merged."""
+    anchors = [k for k in sd if k.endswith(_Q0) and not k.endswith("decoder." + _Q0)]
+    if not anchors:
+        sample = ", ".join(sorted(sd)[:4])
+        raise CheckpointError(f"not a T5 encoder: no '{_Q0}' key (keys start: {sample})", path=path,
+                              hint="pick the T5 text encoder file (flan-t5-xl), not an image model or VAE")
+    anchor = min(anchors, key=len)
+    stack_only = not anchor.endswith("encoder." + _Q0)  # a bare T5Stack: block.*, embed_tokens, final_layer_norm
+    prefix = anchor[: -len(_Q0)] if stack_only else anchor[: -len("encoder." + _Q0)]
+    out = {}
+    for key, value in sd.items():
+        if not key.startswith(prefix):
+            continue
+        key = key[len(prefix):]
+        if key.startswith(("decoder.", "lm_head.")):
+            continue
+        if stack_only:
+            key = "shared.weight" if key == "embed_tokens.weight" else "encoder." + key
+        out[key] = value
+    if "encoder.embed_tokens.weight" in out:  # tied to shared.weight in T5EncoderModel
+        embed = out.pop("encoder.embed_tokens.weight")
+        out.setdefault("shared.weight", embed)
+    if prefix:
+        logger.debug("T5 keys under prefix %r in %s", prefix, path)
+    return out
+
+
+def infer_t5_config(state_dict: dict[str, torch.Tensor]) -> T5Config:
+    """A `T5Config` from HF-named encoder tensors (prefixes, decoder keys and tied embeddings tolerated).
+
+    Gated feed-forwards are taken as 'gated-gelu' (T5 v1.1 / flan-t5; transformers maps it to the
+    tanh GELU 'gelu_new'), plain ones as 'relu'. Not inferable, left at T5 defaults:
+    relative_attention_max_distance 128, layer_norm_epsilon 1e-6.
+    """
+    sd = state_dict if "shared.weight" in state_dict and "encoder." + _Q0 in state_dict \
+        else _canonical_keys(state_dict, "<state dict>")
+    try:
+        vocab, d_model = sd["shared.weight"].shape
+        num_layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.block\.(\d+)\.", k)))
+        buckets, num_heads = sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].shape
+        inner = sd["encoder." + _Q0].shape[0]
+        gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in sd
+        d_ff = sd["encoder.block.0.layer.1.DenseReluDense." + ("wi_0" if gated else "wi") + ".weight"].shape[0]
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"incomplete T5 encoder weights (missing {err})",
+                              hint="the file is not a complete T5 encoder; re-download it") from err
+    return T5Config(vocab_size=vocab, d_model=d_model, d_kv=inner // num_heads, d_ff=d_ff, num_layers=num_layers,
+                    num_heads=num_heads, relative_attention_num_buckets=buckets,
+                    feed_forward_proj="gated-gelu" if gated else "relu", is_encoder_decoder=False, use_cache=False)
+
+
+class T5TextEncoder:
+    """A T5 encoder (`.model`, an HF `T5EncoderModel` in eval mode) and its tokenizer."""
+
+    def __init__(self, model: T5EncoderModel, tokenizer, max_length: int = MAX_LENGTH):
+        self.model, self.tokenizer, self.max_length = model.eval(), tokenizer, max_length
+
+    @classmethod
+    def from_folder(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                    tokenizer_dir: str | Path | None = None) -> "T5TextEncoder":
+        """An HF folder (config.json + model.safetensors, shards, or pytorch_model.bin read weights-only)."""
+        folder = Path(path)
+        if not (folder / "config.json").is_file():
+            raise CheckpointError("not a Hugging Face model folder (no config.json)", path=str(folder),
+                                  hint="point to the folder holding config.json, or load a single file")
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+        if model_type != "t5":
+            raise CheckpointError(f"config.json describes a '{model_type}' model, not T5", path=str(folder),
+                                  hint="use the flan-t5-xl folder")
+        tokenizer = load_t5_tokenizer(tokenizer_dir or folder)
+        from safetensors import SafetensorError
+        try:  # HF keeps the FF output projections `wo` in fp32 when dtype is fp16 (_keep_in_fp32_modules)
+            model, info = T5EncoderModel.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
+                                                         weights_only=True, output_loading_info=True)
+        except SafetensorError as err:
+            raise CheckpointError(f"cannot read the T5 weights: {err}", path=str(folder), hint=_CORRUPT_HINT) from err
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"cannot load the T5 encoder: {err}", path=str(folder),
+                                  hint="the folder needs model.safetensors (or shards + index, or pytorch_model.bin)") from err
+        missing = sorted(set(info["missing_keys"]) - {"encoder.embed_tokens.weight"})
+        if missing or info["mismatched_keys"]:
+            raise CheckpointError(f"T5 weights do not fit config.json: missing {missing[:5]}, "
+                                  f"mismatched {sorted(info['mismatched_keys'])[:5]}", path=str(folder),
+                                  hint="config.json and the weights come from different models; re-download")
+        logger.info("loaded T5 encoder %s (%d layers, d_model %d) as %s", folder, model.config.num_layers,
+                    model.config.d_model, dtype)
+        return cls(model.to(device), tokenizer)
+
+    @classmethod
+    def from_single_file(cls, path: str | Path, *, tokenizer_dir: str | Path, dtype: torch.dtype = torch.float32,
+                         device: str | torch.device = "cpu") -> "T5TextEncoder":
+        """One encoder-only (or full encoder-decoder) T5 file; the config is inferred from shapes.
+
+        As HF's from_pretrained does, `wo` stays fp32 when dtype is fp16 (the T5 FF layer casts its
+        input to `wo`'s dtype). A later blanket `.model.to(torch.float16)` would undo that.
+        """
+        path = Path(path)
+        tokenizer = load_t5_tokenizer(tokenizer_dir)
+        sd = _canonical_keys(_read_state_dict(path), str(path))
+        config = infer_t5_config(sd)
+        with torch.device("meta"):
+            model = T5EncoderModel(config)
+        keep_fp32 = dtype == torch.float16
+        sd = {k: v.to(torch.float32 if keep_fp32 and k.endswith(".wo.weight") else dtype) for k, v in sd.items()}
+        try:
+            result = model.load_state_dict(sd, strict=False, assign=True)
+        except RuntimeError as err:  # shape mismatch
+            raise CheckpointError(f"T5 weights have inconsistent shapes: {err}", path=str(path),
+                                  hint="the file mixes weights of different models; re-download it") from err
+        missing = sorted(set(result.missing_keys) - {"encoder.embed_tokens.weight"})
+        if missing or result.unexpected_keys:
+            raise CheckpointError(f"not a complete T5 encoder: missing {missing[:5]}, unexpected "
+                                  f"{sorted(result.unexpected_keys)[:5]}", path=str(path),
+                                  hint="use an HF-format T5 encoder file (flan-t5-xl); re-download if incomplete")
+        model.set_input_embeddings(model.shared)  # re-tie encoder.embed_tokens to the loaded shared.weight
+        logger.info("loaded T5 encoder %s (%d layers, d_model %d) as %s", path, config.num_layers, config.d_model, dtype)
+        return cls(model.to(device), tokenizer)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.d_model
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.shared.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.shared.weight.dtype
+
+    def to(self, device: str | torch.device) -> "T5TextEncoder":
+        """Moves the weights (device only: dtypes, including the fp32 `wo`, are kept)."""
+        self.model.to(device)
+        return self
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`input_ids` and `attention_mask`, both int64 `[B, 512]`; longer prompts are truncated (EOS kept)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise PromptError("no prompt to encode", hint="give at least one prompt (it may be empty)")
+        enc = self.tokenizer(list(prompts), max_length=self.max_length, padding="max_length", truncation=True,
+                             return_tensors="pt")
+        for b in (enc.attention_mask.sum(1) == self.max_length).nonzero().flatten().tolist():
+            full = len(self.tokenizer(prompts[b], verbose=False).input_ids)
+            if full > self.max_length:
+                logger.warning("prompt %d has %d tokens; truncated to %d (%d tokens dropped): %.60r...",
+                               b, full, self.max_length, full - self.max_length, prompts[b])
+        return enc.input_ids, enc.attention_mask
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str], output_device: str | torch.device | None = "cpu") -> TextEmbedding:
+        """Packed fp32 features of each prompt's real tokens (EOS included); `output_device=None` keeps them on the model's device."""
+        ids_BL, mask_BL = self.tokenize(prompts)
+        hidden_BLC = self.model(input_ids=ids_BL.to(self.device), attention_mask=mask_BL.to(self.device)).last_hidden_state
+        features = TextEmbedding.from_padded(hidden_BLC.float(), mask_BL.sum(1).tolist())
+        return features if output_device is None else features.to(output_device)
+
+    def __call__(self, prompts: list[str], output_device: str | torch.device | None = "cpu") -> TextEmbedding:
+        return self.encode(prompts, output_device)

@@ -222,7 +222,8 @@ def check_finite(sd: dict[str, torch.Tensor], path: str) -> None:
 
 
 def check_keys(model: torch.nn.Module, sd: dict, path: str, what: str) -> None:
-    expected, found = set(model.state_dict()), set(sd)
+    own = model.state_dict()
+    expected, found = set(own), set(sd)
     missing, unexpected = sorted(expected - found), sorted(found - expected)
     if missing or unexpected:
         raise CheckpointError(
@@ -230,9 +231,9 @@ def check_keys(model: torch.nn.Module, sd: dict, path: str, what: str) -> None:
             f"{len(missing)} missing (e.g. {missing[:5]}), {len(unexpected)} unexpected (e.g. {unexpected[:5]})",
             path=path, hint="the file is incomplete, from another model, or a format this version does not know")
     for k in expected:
-        if tuple(model.state_dict()[k].shape) != tuple(sd[k].shape):
+        if tuple(own[k].shape) != tuple(sd[k].shape):
             raise CheckpointError(f"{what} tensor '{k}' has shape {tuple(sd[k].shape)}, expected "
-                                  f"{tuple(model.state_dict()[k].shape)}", path=path,
+                                  f"{tuple(own[k].shape)}", path=path,
                                   hint="the file mixes weights of different model sizes")
 
 

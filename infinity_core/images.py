@@ -19,6 +19,20 @@ def to_uint8_bgr(decoded_B3HW: torch.Tensor) -> torch.Tensor:
     return ((decoded_B3HW + 1) / 2).permute(0, 2, 3, 1).mul(255).to(torch.uint8).flip(dims=(3,))
 
 
+def save_png(images_BHW3: torch.Tensor, out) -> list:
+    """Write `[B, H, W, 3]` 0..1 images; a batch gets `_00`, `_01`, ... suffixes."""
+    from pathlib import Path
+
+    from PIL import Image
+    out, paths = Path(out), []
+    for i, img in enumerate(images_BHW3):
+        path = out if len(images_BHW3) == 1 else out.with_name(f"{out.stem}_{i:02d}{out.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()).save(path)
+        paths.append(path)
+    return paths
+
+
 def from_rgb01(image_BHW3: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     """ComfyUI IMAGE -> encoder input `[B, 3, H, W]` in [-1, 1]: scale to cover, centre-crop (as the
     reference's `transform`; bicubic with antialias stands in for PIL's LANCZOS)."""

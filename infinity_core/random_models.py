@@ -37,6 +37,11 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     for name, p in module.named_parameters():
         mean, std = _stats(name, p.shape)
         p.copy_(mean + std * torch.randn(p.shape, generator=g))
+        # keys have no bias in Infinity (a zero buffer in the reference, folded into these Linear biases)
+        if name.endswith("sa.mat_qkv.bias"):
+            p.view(3, -1)[1].zero_()
+        elif name.endswith("mat_kv.bias"):
+            p.view(2, -1)[0].zero_()
     return module
 
 

@@ -107,11 +107,22 @@ def nearest_template(h_div_w: float) -> float:
     return min(TEMPLATE_RATIOS, key=lambda t: abs(t - h_div_w))
 
 
+# Requests are snapped to the nearest template; ones far outside every template are refused.
+MIN_SIDE = min(min(g[PIXEL_BUDGETS["0.06M"] - 1]) for g in TEMPLATES.values()) * VAE_STRIDE // 2   # 72 px
+MAX_SIDE = max(max(g[-1]) for g in TEMPLATES.values()) * VAE_STRIDE * 2                            # 3552 px
+MAX_ASPECT = 4.0
+
+
 def schedule_for_size(width: int, height: int, budget: str = "1M") -> ScaleSchedule:
     """Snap a requested width/height to the nearest aspect template at the given pixel budget."""
-    if width <= 0 or height <= 0:
-        raise ResolutionError(f"width and height must be positive, got {width}x{height}",
-                              hint="pick a size such as 1024x1024")
+    if min(width, height) < MIN_SIDE or max(width, height) > MAX_SIDE:
+        raise ResolutionError(f"{width}x{height} is outside the sizes Infinity generates "
+                              f"(templates span 144..1776 px per side)",
+                              hint=f"use a width and height between {MIN_SIDE} and {MAX_SIDE} px, e.g. 1024x1024; "
+                                   "the pixel budget sets the output size, upscale afterwards for more")
+    if max(width / height, height / width) > MAX_ASPECT:
+        raise ResolutionError(f"aspect ratio {width}x{height} is more extreme than Infinity's templates (3:1 at most)",
+                              hint="pick a width/height ratio between 1:3 and 3:1")
     return ScaleSchedule(nearest_template(height / width), budget)
 
 

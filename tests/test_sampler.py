@@ -1,0 +1,153 @@
+"""Sampler properties on a tiny random model: guidance, masking, seeds, teacher forcing, cancel, memory."""
+import gc
+import warnings
+
+import pytest
+import torch
+
+from infinity_core.conditioning import TextEmbedding
+from infinity_core.errors import SamplingError
+from infinity_core.quantizer import bits_to_codes, summed_codes, token_bits_to_vae, vae_bits_to_tokens
+from infinity_core.sampler import SamplerSettings, draw_bits, make_generators, mask_logits_, sample
+from infinity_core.schedules import ScaleSchedule
+
+SQUARE = ScaleSchedule(1.0, "0.06M")
+
+
+def run(model, text, seed=0, **kw):
+    batch = kw.pop("batch", 1)
+    return sample(model, text, kw.pop("schedule", SQUARE), generators=make_generators(seed, batch), batch=batch,
+                  record_logits=True, **kw)
+
+
+def test_cfg_one_equals_the_conditional_pass(tiny_transformer, prompt):
+    guided = run(tiny_transformer, prompt, settings=SamplerSettings(cfg=1.0, tau=1.0))
+    # with cfg 1 everywhere the unconditional half is not even built: compare with a negative that would change it
+    other = run(tiny_transformer, prompt, settings=SamplerSettings(cfg=1.0, tau=1.0), negative=prompt.null_like(
+        torch.randn(512, 128)))
+    assert all(torch.equal(a, b) for a, b in zip(guided.bits, other.bits))
+
+
+def test_guidance_mixes_the_two_halves_after_temperature(tiny_transformer, prompt):
+    tau, cfg = 0.5, 3.0
+    cond = run(tiny_transformer, prompt, settings=SamplerSettings(cfg=1.0, tau=tau), teacher_bits=[])
+    guided = run(tiny_transformer, prompt, settings=SamplerSettings(cfg=cfg, tau=tau), teacher_bits=cond.bits)
+    uncond_text = tiny_transformer.null_text(prompt)
+    uncond = run(tiny_transformer, uncond_text, settings=SamplerSettings(cfg=1.0, tau=tau), teacher_bits=cond.bits)
+    for si in range(SQUARE.num_scales):
+        expected = cfg * cond.logits[si] + (1 - cfg) * uncond.logits[si]
+        assert torch.allclose(guided.logits[si], expected, atol=2e-4), si
+
+
+def test_top_k_one_is_greedy_and_top_p_drops_unlikely_values():
+    logits = torch.tensor([[[0.0, 1.0], [2.0, -1.0], [0.0, 0.0], [5.0, 0.0]]])
+    greedy = mask_logits_(logits.clone(), top_k=1, top_p=0.0)
+    assert torch.equal(greedy.argmax(-1), torch.tensor([[1, 0, 0, 0]]))
+    assert torch.isinf(greedy).sum() == 3  # the tie keeps both values
+    nucleus = mask_logits_(logits.clone(), top_k=0, top_p=0.97)  # drops a value with probability <= 0.03
+    assert torch.isinf(nucleus).tolist() == [[[False, False], [False, False], [False, False], [False, True]]]
+    assert torch.equal(mask_logits_(logits.clone(), top_k=900, top_p=0.0), logits)  # the release default: no-op
+
+
+def test_multinomial_draw_order_is_one_call_for_the_batch():
+    probs = torch.rand(2, 50, 2).softmax(-1)
+    g = torch.Generator().manual_seed(5)
+    expected = torch.multinomial(probs.view(-1, 2), 1, True, generator=g).view(2, 50)
+    assert torch.equal(draw_bits(probs, [torch.Generator().manual_seed(5)]), expected)
+    per_image = draw_bits(probs, make_generators(5, 2))
+    assert torch.equal(per_image[1], torch.multinomial(probs[1], 1, True, generator=torch.Generator().manual_seed(6)).view(50))
+
+
+def test_same_seed_same_bits_and_batch_image_i_equals_seed_plus_i(tiny_transformer, prompt):
+    settings = SamplerSettings(top_p=0.97)
+    a, b = run(tiny_transformer, prompt, 11, settings=settings), run(tiny_transformer, prompt, 11, settings=settings)
+    assert all(torch.equal(x, y) for x, y in zip(a.bits, b.bits))
+    batch = run(tiny_transformer, prompt, 10, settings=settings, batch=3)
+    for i in range(3):
+        single = run(tiny_transformer, prompt, 10 + i, settings=settings)
+        assert all(torch.equal(x[i], y[0]) for x, y in zip(batch.bits, single.bits)), i
+
+
+def test_teacher_forcing_all_scales_reproduces_the_given_bits(tiny_transformer, prompt):
+    source = run(tiny_transformer, prompt, 3)
+    vae_bits = [token_bits_to_vae(b, g, False) for b, g in zip(source.bits, SQUARE.grids)]
+    forced = run(tiny_transformer, prompt, 99, teacher_bits=vae_bits)
+    assert all(torch.equal(x, y) for x, y in zip(forced.bits, source.bits))
+    assert torch.equal(forced.summed_codes, summed_codes(vae_bits, (16, 16)).squeeze(2))
+    partly = run(tiny_transformer, prompt, 99, teacher_bits=vae_bits[:3])
+    assert all(torch.equal(x, y) for x, y in zip(partly.bits[:3], source.bits[:3]))
+
+
+def test_patchify_bit_layout_round_trips():
+    bits = torch.randint(0, 2, (2, 1, 8, 12, 4), dtype=torch.uint8)
+    tokens = vae_bits_to_tokens(bits, patchify=True)
+    assert tokens.shape == (2, 4 * 6, 16)
+    # channel c*4 + 2*dy + dx of token (i, j) is bit c of cell (2i+dy, 2j+dx)
+    assert tokens[1, 1 * 6 + 2, 3 * 4 + 2 * 1 + 0] == bits[1, 0, 3, 4, 3]
+    assert torch.equal(token_bits_to_vae(tokens, (4, 6), patchify=True), bits)
+
+
+def test_codes_are_unit_vectors_of_plus_minus_one_over_sqrt_d():
+    codes = bits_to_codes(torch.randint(0, 2, (1, 1, 3, 3, 32)))
+    assert torch.allclose(codes.norm(dim=1), torch.ones(1, 1, 3, 3))
+    assert torch.allclose(codes.abs(), torch.full_like(codes, 32 ** -0.5))
+
+
+def test_stop_after_keeps_only_the_first_scales(tiny_transformer, prompt):
+    full, early = run(tiny_transformer, prompt, 1), run(tiny_transformer, prompt, 1, stop_after=4)
+    assert len(early.bits) == 4 and all(torch.equal(x, y) for x, y in zip(early.bits, full.bits))
+    vae_bits = [token_bits_to_vae(b, g, False) for b, g in zip(early.bits, SQUARE.grids)]
+    assert torch.allclose(early.summed_codes, summed_codes(vae_bits, (16, 16)).squeeze(2))
+
+
+def test_hidden_state_guidance_and_bad_settings(tiny_transformer, prompt):
+    hidden = run(tiny_transformer, prompt, settings=SamplerSettings(cfg_insertion_layer=(-1,)))
+    logits = run(tiny_transformer, prompt)
+    assert not all(torch.equal(a, b) for a, b in zip(hidden.logits, logits.logits))
+    with pytest.raises(SamplingError, match="cfg_insertion_layer"):
+        run(tiny_transformer, prompt, settings=SamplerSettings(cfg_insertion_layer=(2,)))
+    with pytest.raises(SamplingError, match="HINT"):
+        run(tiny_transformer, prompt, settings=SamplerSettings(cfg=[3.0, 3.0]))
+
+
+class Cancelled(Exception):
+    pass
+
+
+def test_cancel_between_scales_frees_the_cache_and_the_next_run_is_unchanged(tiny_transformer, prompt):
+    reference = run(tiny_transformer, prompt, 4)
+    seen = []
+
+    def cancel_at_3(progress):
+        seen.append(progress.index)
+        if progress.index == 2:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        run(tiny_transformer, prompt, 4, callback=cancel_at_3)
+    assert seen == [0, 1, 2]
+    again = run(tiny_transformer, prompt, 4)
+    assert all(torch.equal(x, y) for x, y in zip(again.bits, reference.bits))
+
+
+def _live_tensors() -> int:
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance() pokes deprecated torch objects that gc also lists
+        warnings.simplefilter("ignore")
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+def test_twenty_generations_keep_memory_flat(tiny_transformer, prompt):
+    for _ in range(2):
+        run(tiny_transformer, prompt)
+    before = _live_tensors()
+    for i in range(20):
+        run(tiny_transformer, prompt, i)
+    assert _live_tensors() <= before
+
+
+def test_negative_prompt_replaces_the_null_text(tiny_transformer, prompt):
+    negative = TextEmbedding.from_single(torch.randn(4, 128, generator=torch.Generator().manual_seed(3)))
+    with_negative = run(tiny_transformer, prompt, negative=negative)
+    without = run(tiny_transformer, prompt)
+    assert not torch.allclose(with_negative.logits[0], without.logits[0])

@@ -147,7 +147,8 @@ def require_kind(sd: dict, wanted: str, path: str) -> None:
     kind = detect_kind(sd)
     if kind != wanted:
         sample = ", ".join(list(sd)[:4])
-        raise CheckpointError(f"not an Infinity {wanted.replace('_', ' ')} (looks like: {kind.replace('_', ' ')}; "
+        what = {"infinity_transformer": "an Infinity transformer", "bitwise_tokenizer": "an Infinity bitwise tokenizer"}
+        raise CheckpointError(f"not {what.get(wanted, wanted)} (looks like: {kind.replace('_', ' ')}; "
                               f"first keys: {sample})", path=path, hint=_KIND_HINTS[kind])
 
 

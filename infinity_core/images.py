@@ -64,6 +64,8 @@ def decode_tiled(vae: BitwiseTokenizer, latent_BdHW: torch.Tensor, tile: int = 3
 
     GroupNorm statistics are per tile, so seams are possible where tiles differ; full decoding is exact.
     """
+    if tile <= overlap:
+        raise ValueError(f"tile ({tile}) must be larger than the overlap ({overlap})")
     B, _, H, W = latent_BdHW.shape
     if H <= tile and W <= tile:
         return vae.decode(latent_BdHW)

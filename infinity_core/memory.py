@@ -38,6 +38,12 @@ def decode_bytes(config: VAEConfig, image_hw: tuple[int, int], batch: int, dtype
     return batch * per_image
 
 
+def encode_bytes(config: VAEConfig, image_hw: tuple[int, int], batch: int, dtype: torch.dtype) -> int:
+    """Peak of the encoder: its full-resolution stage holds a few maps of base_ch * mult[0] channels."""
+    H, W = image_hw
+    return batch * H * W * 4 * config.base_ch * config.encoder_ch_mult[0] * dtype_bytes(dtype)
+
+
 def available_bytes(device) -> int | None:
     """Free memory of a device (CUDA: driver's free memory; CPU: MemAvailable), or None if unknown."""
     device = torch.device(device)

@@ -42,6 +42,14 @@ class SamplerSettings:
     top_p: float = 0.0
     cfg_insertion_layer: Sequence[int] = (0,)
 
+    def validate(self, depth: int, num_scales: int) -> None:
+        """Raise SamplingError for settings that cannot run, before any model is loaded."""
+        self.per_scale(num_scales)
+        _guidance(self, depth)
+        if not 0 <= self.top_p <= 1 or self.top_k < 0:
+            raise SamplingError(f"top_k {self.top_k} / top_p {self.top_p} out of range",
+                                hint="top_k >= 0 (1 = greedy per bit), 0 <= top_p <= 1 (0 = off)")
+
     def per_scale(self, n: int) -> tuple[list[float], list[float]]:
         def expand(value, name):
             values = [float(value)] * n if isinstance(value, (int, float)) else [float(v) for v in value]

@@ -116,8 +116,8 @@ MAX_ASPECT = 4.0
 def schedule_for_size(width: int, height: int, budget: str = "1M") -> ScaleSchedule:
     """Snap a requested width/height to the nearest aspect template at the given pixel budget."""
     if min(width, height) < MIN_SIDE or max(width, height) > MAX_SIDE:
-        raise ResolutionError(f"{width}x{height} is outside the sizes Infinity generates "
-                              f"(templates span 144..1776 px per side)",
+        raise ResolutionError(f"{width}x{height} is too far outside the sizes Infinity generates "
+                              f"(its templates span 144..1776 px per side; requests are snapped to them)",
                               hint=f"use a width and height between {MIN_SIDE} and {MAX_SIDE} px, e.g. 1024x1024; "
                                    "the pixel budget sets the output size, upscale afterwards for more")
     if max(width / height, height / width) > MAX_ASPECT:
@@ -135,3 +135,13 @@ def schedule_from_grids(grids) -> ScaleSchedule:
                 return ScaleSchedule(template, budget)
     raise ResolutionError(f"{list(hw)} is not one of the reference's scale schedules",
                           hint="Infinity only runs on its predefined aspect-ratio templates and budgets")
+
+
+def schedule_for_final_grid(final_hw: tuple[int, int], patchify: bool) -> ScaleSchedule | None:
+    """The schedule whose final latent grid is `final_hw` (what a LATENT's shape tells), or None."""
+    for template in TEMPLATES:
+        for budget in PIXEL_BUDGETS:
+            schedule = ScaleSchedule(template, budget)
+            if schedule.vae_grids(patchify)[-1] == tuple(final_hw):
+                return schedule
+    return None

@@ -1,0 +1,44 @@
+"""Text conditioning: a prompt through T5 into the packed features the transformer reads."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from . import comfy_glue as glue
+from .types import Conditioning, InfinityConditioning, InfinityTextEncoder, TextEncoderHandle
+
+T5_MAX_TOKENS = 512
+
+
+def encode_prompt(text_encoder: TextEncoderHandle, text: str) -> Conditioning:
+    """Blank text gives an empty conditioning: fine as a negative (the learned null text), refused as positive."""
+    if not text.strip():
+        return Conditioning(None, text)
+    d_model = text_encoder.encoder.hidden_size
+    glue.load_models([text_encoder.patcher], T5_MAX_TOKENS * d_model * 4 * 16, "encoding the prompt",
+                     hint="free memory by closing other programs", force_full_load=True)
+    return Conditioning(text_encoder.encoder.encode([text], output_device="cpu"), text)
+
+
+class InfinityTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InfinityTextEncode",
+            display_name="Infinity Text Encode",
+            category="Infinity/conditioning",
+            description="Encodes a prompt with flan-t5-xl for the Infinity sampler. Use a second one for the "
+                        "negative prompt; left empty, the negative is the model's learned null text.",
+            inputs=[
+                InfinityTextEncoder.Input("text_encoder", tooltip="The T5 text encoder from Infinity Text Encoder "
+                                                                  "Loader."),
+                io.String.Input("text", multiline=True, default="",
+                                tooltip="The prompt (up to 512 T5 tokens; longer text is cut). As a negative "
+                                        "prompt, empty means 'use the learned null text'."),
+            ],
+            outputs=[InfinityConditioning.Output(
+                display_name="conditioning", tooltip="The encoded prompt, for the sampler's positive or negative.")],
+        )
+
+    @classmethod
+    def execute(cls, text_encoder: TextEncoderHandle, text: str) -> io.NodeOutput:
+        return io.NodeOutput(encode_prompt(text_encoder, text))

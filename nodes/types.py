@@ -1,0 +1,169 @@
+"""Wire types of the pack: the custom sockets, the handles they carry, and the LATENT layout.
+
+LATENT made by this pack: `{"samples": [B, d, H, W] float32 summed codes (the decoder's input),
+"infinity": {"bits": [per scale, [B, 1, h, w, d] uint8, VAE layout], "template": float,
+"budget": str, "patchify": bool, "codebook_dim": int}}`. Core latent nodes copy the dict and keep
+extra keys without slicing them (RepeatLatentBatch, LatentFromBatch, LatentBatch), and
+SaveLatent/LoadLatent drop them, so the bits are only trusted per image where they still sum to
+that image's samples; other images are re-quantised from their samples.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from comfy_api.latest import io
+
+from ..infinity_core.conditioning import TextEmbedding
+from ..infinity_core.config import InfinityConfig, VAEConfig
+from ..infinity_core.errors import IncompatibleModelsError, InfinityError, ResolutionError
+from ..infinity_core.quantizer import quantize_multiscale, summed_codes
+from ..infinity_core.schedules import PIXEL_BUDGETS, TEMPLATES, ScaleSchedule, schedule_for_final_grid
+
+InfinityModel = io.Custom("INFINITY_MODEL")
+InfinityVAE = io.Custom("INFINITY_VAE")
+InfinityTextEncoder = io.Custom("INFINITY_TEXT_ENCODER")
+InfinityConditioning = io.Custom("INFINITY_CONDITIONING")
+
+LATENT_KEY = "infinity"
+BUDGETS = list(PIXEL_BUDGETS)
+FOREIGN_LATENT_HINT = ("this LATENT was not made for Infinity (e.g. an SD/Flux latent); make one with "
+                       "Infinity Encode or Infinity Sampler")
+
+
+@dataclass(frozen=True, eq=False)
+class ModelHandle:
+    """An Infinity transformer under ComfyUI's memory management (`patcher.model` is the module)."""
+
+    patcher: Any
+    config: InfinityConfig
+    compute_dtype: torch.dtype
+    patchify: bool
+    name: str
+
+    @property
+    def cell_bits(self) -> int:
+        """Bits per VAE latent cell this model works with."""
+        return self.config.bits_per_token // 4 if self.patchify else self.config.bits_per_token
+
+
+@dataclass(frozen=True, eq=False)
+class TokenizerHandle:
+    """A bitwise tokenizer (BSQ VAE) under ComfyUI's memory management."""
+
+    patcher: Any
+    config: VAEConfig
+    dtype: torch.dtype
+    name: str
+
+    @property
+    def patchify(self) -> bool:
+        return self.config.patch_size == 8
+
+
+@dataclass(frozen=True, eq=False)
+class TextEncoderHandle:
+    """A T5 encoder: `encoder` is the core T5TextEncoder, `patcher` wraps its HF module."""
+
+    patcher: Any
+    encoder: Any
+    name: str
+
+
+@dataclass(frozen=True, eq=False)
+class Conditioning:
+    """Encoded prompt(s) on the CPU; `embedding is None` marks an empty prompt (use the learned null text)."""
+
+    embedding: TextEmbedding | None
+    prompt: str
+
+    @property
+    def empty(self) -> bool:
+        return self.embedding is None
+
+
+@contextmanager
+def about(widget: str):
+    """Re-raise core errors with the widget (or socket) they came from at the front of the message."""
+    try:
+        yield
+    except InfinityError as err:
+        raise type(err)(f"{widget}: {err.message}", hint=err.hint, path=err.path) from err
+
+
+# ---- LATENT ------------------------------------------------------------------------------------
+def pack_latent(samples_BdHW: torch.Tensor, bits: list[torch.Tensor], schedule: ScaleSchedule, patchify: bool,
+                device) -> dict:
+    info = {"bits": [b.to("cpu", torch.uint8) for b in bits], "template": schedule.template,
+            "budget": schedule.budget, "patchify": patchify, "codebook_dim": int(samples_BdHW.shape[1])}
+    return {"samples": samples_BdHW.float().to(device), LATENT_KEY: info}
+
+
+@dataclass(frozen=True, eq=False)
+class LatentView:
+    """A LATENT read back: its samples, the schedule its grid belongs to, and any stored bits."""
+
+    samples: torch.Tensor
+    schedule: ScaleSchedule
+    patchify: bool
+    bits: list[torch.Tensor] | None
+
+
+def latent_samples(latent, widget: str, bits_per_cell: int, reader: str) -> tuple[torch.Tensor, dict | None]:
+    """The samples of a LATENT for `reader` (a model or tokenizer name) with `bits_per_cell` channels, checked."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
+        shape = None if samples is None else tuple(samples.shape)
+        raise ResolutionError(f"{widget}: expected an image LATENT [B, C, H, W], got {shape}", hint=FOREIGN_LATENT_HINT)
+    info = latent.get(LATENT_KEY)
+    if samples.shape[1] != bits_per_cell:
+        made_by = "an Infinity model with other bits" if info else "another model family"
+        raise IncompatibleModelsError(f"{widget}: the LATENT has {samples.shape[1]} channels but {reader} works "
+                                      f"with {bits_per_cell} bits per latent cell (it comes from {made_by})",
+                                      hint=FOREIGN_LATENT_HINT if not info else
+                                      "encode the image again with the tokenizer that matches this model")
+    return samples, info if isinstance(info, dict) else None
+
+
+def read_latent(latent, widget: str, bits_per_cell: int, patchify: bool, reader: str) -> LatentView:
+    samples, info = latent_samples(latent, widget, bits_per_cell, reader)
+    if info is not None and bool(info.get("patchify")) != patchify:
+        raise IncompatibleModelsError(f"{widget}: the LATENT was made {'with' if info['patchify'] else 'without'} "
+                                      f"spatial patchify, the model runs {'with' if patchify else 'without'} it",
+                                      hint="set the transformer loader's spatial_patchify to auto")
+    hw = tuple(samples.shape[-2:])
+    schedule = None
+    if info is not None:
+        stored = ScaleSchedule(info["template"], info["budget"])
+        schedule = stored if stored.vae_grids(patchify)[-1] == hw else None
+    schedule = schedule or schedule_for_final_grid(hw, patchify)
+    if schedule is None:
+        raise ResolutionError(f"{widget}: a {hw[0]}x{hw[1]} latent grid is not the final grid of any Infinity "
+                              "aspect-ratio template and pixel budget", hint=FOREIGN_LATENT_HINT)
+    bits = info.get("bits") if info is not None else None
+    return LatentView(samples, schedule, patchify, list(bits) if bits else None)
+
+
+def teacher_bits(view: LatentView, k: int) -> list[torch.Tensor]:
+    """VAE-layout bits of scales < k for every image: stored bits where they still sum to the image's
+    samples (exact, survives batch copies and slices), else a fresh multi-scale quantisation."""
+    if k <= 0:
+        return []
+    grids = view.schedule.vae_grids(view.patchify)
+    samples = view.samples.float().cpu()
+    B, chosen = samples.shape[0], {}
+    stored = view.bits
+    if stored and len(stored) >= k and all(tuple(b.shape[2:4]) == g for b, g in zip(stored, grids)):
+        ref = summed_codes([b.float() for b in stored], grids[-1]).squeeze(2)
+        for i in range(B):
+            match = next((j for j in range(ref.shape[0]) if torch.allclose(samples[i], ref[j], atol=1e-5)), None)
+            if match is not None:
+                chosen[i] = [b[match] for b in stored[:k]]
+    missing = [i for i in range(B) if i not in chosen]
+    if missing:
+        _, derived = quantize_multiscale(samples[missing], list(grids))
+        for row, i in enumerate(missing):
+            chosen[i] = [b[row] for b in derived[:k]]
+    return [torch.stack([chosen[i][si] for i in range(B)]).to(torch.uint8) for si in range(k)]

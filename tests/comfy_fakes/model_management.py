@@ -1,0 +1,101 @@
+"""Fake `comfy.model_management`: a CPU-only machine whose memory figures and interrupt flag tests set.
+
+`LOAD_CALLS` records every `load_models_gpu` call (patchers, memory_required, force_full_load).
+"""
+from __future__ import annotations
+
+import torch
+
+CPU = torch.device("cpu")
+TOTAL_MEMORY = 64 * 2**30
+FREE_MEMORY = 32 * 2**30
+LOAD_CALLS: list[dict] = []
+_interrupt = False
+
+
+class InterruptProcessingException(Exception):
+    pass
+
+
+def reset() -> None:
+    global TOTAL_MEMORY, FREE_MEMORY, _interrupt
+    TOTAL_MEMORY, FREE_MEMORY, _interrupt = 64 * 2**30, 32 * 2**30, False
+    LOAD_CALLS.clear()
+
+
+def get_torch_device():
+    return CPU
+
+
+def intermediate_device():
+    return CPU
+
+
+def unet_offload_device():
+    return CPU
+
+
+def vae_device():
+    return CPU
+
+
+def vae_offload_device():
+    return CPU
+
+
+def text_encoder_device():
+    return CPU
+
+
+def text_encoder_offload_device():
+    return CPU
+
+
+def unet_dtype(device=None, model_params=0, supported_dtypes=(torch.float16, torch.bfloat16, torch.float32),
+               weight_dtype=None):
+    return torch.float32  # what ComfyUI picks on a CPU
+
+
+def should_use_bf16(device=None, model_params=0, prioritize_performance=True, manual_cast=False):
+    return False  # False for every CPU device in ComfyUI
+
+
+def vae_dtype(device=None, allowed_dtypes=()):
+    return torch.float32
+
+
+def text_encoder_dtype(device=None):
+    return torch.float16  # ComfyUI's answer even on a CPU
+
+
+def get_total_memory(dev=None, torch_total_too=False):
+    return TOTAL_MEMORY
+
+
+def get_free_memory(dev=None, torch_free_too=False):
+    return FREE_MEMORY
+
+
+def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                    force_full_load=False):
+    LOAD_CALLS.append({"models": list(models), "memory_required": memory_required, "force_full_load": force_full_load})
+    for patcher in models:
+        patcher.model.to(patcher.load_device)
+        patcher.model.device = patcher.load_device  # as ModelPatcher.load does
+        patcher.loaded = True
+
+
+def interrupt_current_processing(value=True):
+    global _interrupt
+    _interrupt = value
+
+
+def processing_interrupted():
+    return _interrupt
+
+
+def throw_exception_if_processing_interrupted():
+    global _interrupt
+    if _interrupt:
+        _interrupt = False
+        raise InterruptProcessingException()

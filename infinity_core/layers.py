@@ -58,19 +58,26 @@ class RMSNorm(nn.Module):
 
 @dataclass
 class KVCache:
-    """Pre-allocated keys/values of all scales seen so far (`[B, H, Lmax, c]`)."""
+    """Pre-allocated keys/values of the scales seen so far (`[B, H, capacity, c]`).
+
+    The capacity covers every scale but the last one run: nothing attends to the final scale's
+    keys later, so they are only concatenated for that scale's own attention (39% of the tokens at 1M).
+    """
 
     k: torch.Tensor
     v: torch.Tensor
     length: int = 0
 
     @classmethod
-    def empty(cls, batch: int, heads: int, max_len: int, head_dim: int, device, dtype) -> "KVCache":
-        shape = (batch, heads, max_len, head_dim)
+    def empty(cls, batch: int, heads: int, capacity: int, head_dim: int, device, dtype) -> "KVCache":
+        shape = (batch, heads, capacity, head_dim)
         return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
 
     def append(self, k_BHLc: torch.Tensor, v_BHLc: torch.Tensor):
         end = self.length + k_BHLc.shape[2]
+        if end > self.k.shape[2]:  # the final scale: attend without storing
+            return (torch.cat((self.k[:, :, :self.length], k_BHLc), 2),
+                    torch.cat((self.v[:, :, :self.length], v_BHLc), 2))
         self.k[:, :, self.length:end] = k_BHLc
         self.v[:, :, self.length:end] = v_BHLc
         self.length = end

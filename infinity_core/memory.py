@@ -12,21 +12,25 @@ def dtype_bytes(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def kv_cache_bytes(config: InfinityConfig, schedule: ScaleSchedule, rows: int, dtype: torch.dtype) -> int:
-    """Keys and values of every layer for every token: rows x depth x L x C x 2."""
-    return rows * config.depth * schedule.num_tokens * config.embed_dim * 2 * dtype_bytes(dtype)
+def kv_cache_bytes(config: InfinityConfig, schedule: ScaleSchedule, rows: int, dtype: torch.dtype,
+                   stored_only: bool = False) -> int:
+    """Keys and values of every layer for every token: rows x depth x L x C x 2. With `stored_only`,
+    what the sampler actually keeps: the final scale's keys are never stored."""
+    tokens = schedule.num_tokens - (schedule.tokens_per_scale[-1] if stored_only else 0)
+    return rows * config.depth * tokens * config.embed_dim * 2 * dtype_bytes(dtype)
 
 
 def sampling_bytes(config: InfinityConfig, schedule: ScaleSchedule, batch: int, guided: bool,
                    dtype: torch.dtype, text_tokens: int = 512) -> int:
-    """KV cache + text keys/values + the largest scale's activations (fp32 residual, MLP, attention)."""
+    """KV cache + text keys/values + the largest scale's activations (fp32 residual stream, qkv, MLP,
+    logits). SDPA's fused kernels never hold a full attention matrix, so none is counted."""
     rows = batch * (2 if guided else 1)
-    L_last, C, L = max(schedule.tokens_per_scale), config.embed_dim, schedule.num_tokens
+    L_last, L, C = max(schedule.tokens_per_scale), schedule.num_tokens, config.embed_dim
     text_kv = rows * config.depth * text_tokens * C * 2 * dtype_bytes(dtype)
     activations = rows * L_last * (4 * C * 4 + (3 * C + config.mlp_hidden) * dtype_bytes(dtype))
-    attention = rows * config.num_heads * L_last * L * 4  # score block if SDPA falls back to the math kernel
     logits = rows * L_last * config.bits_per_token * 2 * 4 * 3
-    return kv_cache_bytes(config, schedule, rows, dtype) + text_kv + activations + attention + logits
+    final_scale_kv = 2 * rows * L * C * 2 * dtype_bytes(dtype)  # one layer's concatenated keys/values
+    return kv_cache_bytes(config, schedule, rows, dtype, stored_only=True) + final_scale_kv + text_kv + activations + logits
 
 
 def decode_bytes(config: VAEConfig, image_hw: tuple[int, int], batch: int, dtype: torch.dtype) -> int:

@@ -162,7 +162,7 @@ def sample(
     vae_grids = schedule.vae_grids(patchify)
     final_HW = vae_grids[-1]
 
-    state = model.condition(full_text, schedule, device, compute_dtype, max_tokens=sum(schedule.tokens_per_scale[:n]))
+    state = model.condition(full_text, schedule, device, compute_dtype, num_scales=n)
     try:
         x, summed, bits_out, logits_out = model.start_tokens(state), 0, [], []
         for si in range(n):

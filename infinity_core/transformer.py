@@ -70,8 +70,9 @@ class InfinityTransformer(nn.Module):
         return text.null_like(self.cfg_uncond.float())
 
     def condition(self, text: TextEmbedding, schedule: ScaleSchedule, device, compute_dtype: torch.dtype,
-                  max_tokens: int | None = None) -> GenerationState:
-        """Encode the (already CFG-doubled) text batch and allocate the KV caches on `device`."""
+                  num_scales: int | None = None) -> GenerationState:
+        """Encode the (already CFG-doubled) text batch and allocate the KV caches on `device` for a run
+        of the first `num_scales` scales (all by default)."""
         dev = torch.device(device)
         text_BTC, mask_BT = text.to(device=dev, dtype=torch.float32).padded()
         mask = None if min(text.lens) == max(text.lens) else mask_BT[:, None, None, :]
@@ -81,8 +82,8 @@ class InfinityTransformer(nn.Module):
         gss_B16C = self.shared_ada_lin(cond_BD).float().view(text.batch, 1, 6, -1)
         scale1p, shift = self.head_nm.modulation(cond_BD)
         cfg = self.config
-        max_tokens = max_tokens or schedule.num_tokens
-        caches = [KVCache.empty(text.batch, cfg.num_heads, max_tokens, cfg.head_dim, dev, compute_dtype)
+        capacity = sum(schedule.tokens_per_scale[:(num_scales or schedule.num_scales) - 1])
+        caches = [KVCache.empty(text.batch, cfg.num_heads, capacity, cfg.head_dim, dev, compute_dtype)
                   for _ in self.blocks]
         return GenerationState(
             cond_BD=cond_BD,

@@ -1,19 +1,18 @@
-"""Shared test fixtures: where ../shared is, tiny models, stand-in text."""
+"""Shared test fixtures: one torch thread, tiny random models and their files, stand-in text."""
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("INFINITY_SHARED", REPO.parent / "shared"))
-PUBLIC_FIXTURES = SHARED / "fixtures" / "infinity_ref"
-MODEL_A = PUBLIC_FIXTURES / "model_a"
-TOKENIZER_DIR = SHARED / "fixtures" / "t5_tokenizer"
 
-needs_fixtures = pytest.mark.skipif(not MODEL_A.is_dir(), reason=f"shared fixtures not found at {PUBLIC_FIXTURES}")
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Tests run tiny models: a thread pool only adds overhead (several times slower when other jobs
+    share the machine's 2 cores), and the reference fixtures were made with one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import asyncio
 import importlib
 import importlib.util
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,10 +20,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("INFINITY_SHARED", REPO.parent / "shared"))
-MODEL_A = SHARED / "fixtures" / "infinity_ref" / "model_a"
-TOKENIZER_DIR = SHARED / "fixtures" / "t5_tokenizer"
+from shared_paths import MODEL_A, REPO, SHARED, TOKENIZER_DIR
+
 FAKES = Path(__file__).resolve().parent / "comfy_fakes"
 PACK = "custom_nodes_x_ComfyUI-Infinity_under_test"  # synthetic, like ComfyUI's path-derived module names
 
@@ -111,8 +108,6 @@ def env(tmp_path_factory):
     _populate(base)
     fakes = _load_by_path("comfy_fakes_under_test", FAKES / "__init__.py")
     modules = fakes.install(base)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead (and contend on shared CI runners)
     with pytest.MonkeyPatch.context() as mp:
         for name, module in modules.items():
             mp.setitem(sys.modules, name, module)
@@ -128,7 +123,6 @@ def env(tmp_path_factory):
                               core=lambda name: importlib.import_module(f"{PACK}.infinity_core.{name}"))
     _drop_modules(PACK)
     _drop_modules("comfy_fakes_under_test")
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

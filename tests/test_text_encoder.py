@@ -13,8 +13,8 @@ from transformers import T5Config, T5EncoderModel
 from infinity_core.errors import CheckpointError
 from infinity_core.text_encoder import T5TextEncoder, infer_t5_config, load_t5_tokenizer
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-TOKENIZER_DIR = SHARED / "fixtures" / "t5_tokenizer"
+from shared_paths import TOKENIZER_DIR
+
 PROMPTS = ["a photo of a cat sitting on a mat, highly detailed", "dog"]
 
 pytestmark = pytest.mark.skipif(not (TOKENIZER_DIR / "tokenizer.json").is_file(), reason="shared T5 tokenizer fixture missing")

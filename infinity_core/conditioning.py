@@ -7,6 +7,7 @@ on it: the learned null embedding is cut to each prompt's own length.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 
@@ -36,11 +37,7 @@ class TextEmbedding:
 
     @property
     def offsets(self) -> tuple[int, ...]:
-        starts, total = [], 0
-        for n in self.lens:
-            starts.append(total)
-            total += n
-        return tuple(starts)
+        return tuple(accumulate(self.lens, initial=0))[:-1]
 
     @classmethod
     def from_single(cls, features_LC: torch.Tensor) -> "TextEmbedding":

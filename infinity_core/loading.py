@@ -42,27 +42,26 @@ def tokenizer_state_dict(path) -> tuple[VAEConfig, dict[str, torch.Tensor]]:
                               hint="the file is incomplete; download it again") from None
 
 
-def build_transformer(config: InfinityConfig, sd, *, path: str = "<state dict>", dtype=None, device="cpu",
-                      ops=default_ops, verify_finite: bool = True) -> InfinityTransformer:
-    """Instantiate on the meta device and adopt the loaded tensors (no copy, no random init)."""
-    model = InfinityTransformer(config, ops=ops, device="meta")
-    check_keys(model, sd, path, "transformer")
+def _adopt(model, sd, path: str, what: str, dtype, device, verify_finite: bool):
+    """Strict load into a meta-device model: adopt the file's tensors (no copy, no random init)."""
+    check_keys(model, sd, path, what)
     sd = cast_floats(sd, dtype)
     if verify_finite:
         check_finite(sd, path)
     model.load_state_dict(sd, strict=True, assign=True)
     return model.to(device).eval().requires_grad_(False)
+
+
+def build_transformer(config: InfinityConfig, sd, *, path: str = "<state dict>", dtype=None, device="cpu",
+                      ops=default_ops, verify_finite: bool = True) -> InfinityTransformer:
+    return _adopt(InfinityTransformer(config, ops=ops, device="meta"), sd, path, "transformer", dtype, device,
+                  verify_finite)
 
 
 def build_tokenizer(config: VAEConfig, sd, *, path: str = "<state dict>", dtype=None, device="cpu",
                     ops=default_ops, verify_finite: bool = True) -> BitwiseTokenizer:
-    model = BitwiseTokenizer(config, ops=ops, device="meta")
-    check_keys(model, sd, path, "bitwise tokenizer")
-    sd = cast_floats(sd, dtype)
-    if verify_finite:
-        check_finite(sd, path)
-    model.load_state_dict(sd, strict=True, assign=True)
-    return model.to(device).eval().requires_grad_(False)
+    return _adopt(BitwiseTokenizer(config, ops=ops, device="meta"), sd, path, "bitwise tokenizer", dtype, device,
+                  verify_finite)
 
 
 def load_transformer(path, *, dtype=None, device="cpu", ops=default_ops) -> InfinityTransformer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import accumulate
 
 from .errors import ResolutionError
 
@@ -91,11 +92,7 @@ class ScaleSchedule:
     @cached_property
     def offsets(self) -> tuple[int, ...]:
         """Start of each scale in the concatenated token sequence."""
-        starts, total = [], 0
-        for n in self.tokens_per_scale:
-            starts.append(total)
-            total += n
-        return tuple(starts)
+        return tuple(accumulate(self.tokens_per_scale, initial=0))[:-1]
 
     def vae_grids(self, patchify: bool) -> tuple[tuple[int, int], ...]:
         """Grids of the VAE latent: twice the token grid when 2x2 latent cells form one token."""

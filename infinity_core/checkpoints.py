@@ -46,13 +46,14 @@ def _load_pickle(path: Path):
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"refused to load: the file contains Python objects, not only tensors ({err})".split("\n")[0],
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"refused to load: the file contains Python objects, not only tensors ({reason})",
                               path=str(path),
                               hint="loading it could run code from the file. Use a .safetensors version of the model, "
                                    "or a plain state-dict .pth from the official release") from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as err:
-        raise CheckpointError(f"not a readable PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})",
-                              path=str(path),
+        detail = (str(err).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"not a readable PyTorch checkpoint ({type(err).__name__}: {detail})", path=str(path),
                               hint="the file is truncated, corrupt, or not a model file; download it again") from None
 
 
@@ -219,7 +220,7 @@ def check_finite(sd: dict[str, torch.Tensor], path: str) -> None:
     for name, t in sd.items():
         if t.is_floating_point() and not bool(torch.isfinite(t if t.dtype in native else t.float()).all()):
             raise CheckpointError(f"tensor '{name}' contains NaN or infinite values", path=path,
-                                  hint="the file is damaged (or was saved from a diverged training run); download it again")
+                                  hint="the file is damaged (or saved from a diverged training run); download it again")
 
 
 def check_keys(model: torch.nn.Module, sd: dict, path: str, what: str) -> None:
@@ -250,7 +251,11 @@ def to_reference_keys(sd: dict[str, torch.Tensor], blocks_per_chunk: int) -> dic
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         m = re.match(r"^blocks\.(\d+)\.(.*)$", k)
-        name = f"block_chunks.{int(m.group(1)) // blocks_per_chunk}.module.{int(m.group(1)) % blocks_per_chunk}.{m.group(2)}" if m else k
+        if m:
+            chunk, j = divmod(int(m.group(1)), blocks_per_chunk)
+            name = f"block_chunks.{chunk}.module.{j}.{m.group(2)}"
+        else:
+            name = k
         base = name.rpartition(".")[0] + "."
         if name.endswith("sa.mat_qkv.bias"):
             q, zero_k, vb = v.chunk(3)

@@ -76,7 +76,10 @@ def cmd_generate(args) -> int:
     request = GenerationRequest(args.prompt, args.negative_prompt, args.width, args.height, args.budget,
                                 args.seed, args.batch, settings)
     t0 = time.perf_counter()
-    callback = (lambda p: log.info("scale %d/%d", p.index + 1, p.total))
+
+    def callback(progress):
+        log.info("scale %d/%d", progress.index + 1, progress.total)
+
     images, result = generate(transformer, tokenizer, encoder, request, device=device, compute_dtype=dtype,
                               callback=callback, tile=args.tile or None)
     for path in save_png(images, Path(args.out)):
@@ -121,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int, default=1)
     g.add_argument("--cfg", type=_float_list, default=3.0, help="number, or one value per scale: 1,2,3,...")
     g.add_argument("--tau", type=_float_list, default=0.5, help="number, or one value per scale")
-    g.add_argument("--top-k", type=int, default=900, help="per bit: 1 = greedy, other values keep both (reference: 900)")
+    g.add_argument("--top-k", type=int, default=900, help="per bit: 1 = greedy, others keep both (reference: 900)")
     g.add_argument("--top-p", type=float, default=0.97)
     g.add_argument("--cfg-insertion-layer", type=int, default=0)
     g.add_argument("--tile", type=int, default=0, help="tiled decode, tile size in latent cells (0 = off)")

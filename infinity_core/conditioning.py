@@ -58,7 +58,8 @@ class TextEmbedding:
 
     def repeat(self, times: int) -> "TextEmbedding":
         """Each prompt `times` times in a row: [p0, p0, p1, p1] for times=2 (batch of seeds per prompt)."""
-        return TextEmbedding.cat([TextEmbedding.from_single(self.prompt(b)) for b in range(self.batch) for _ in range(times)])
+        singles = [TextEmbedding.from_single(self.prompt(b)) for b in range(self.batch)]
+        return TextEmbedding.cat([p for p in singles for _ in range(times)])
 
     def expand_to(self, batch: int) -> "TextEmbedding":
         """Broadcast a single prompt to `batch` images; a batch of the right size is returned as is."""

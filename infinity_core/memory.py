@@ -30,7 +30,8 @@ def sampling_bytes(config: InfinityConfig, schedule: ScaleSchedule, batch: int, 
     activations = rows * L_last * (4 * C * 4 + (3 * C + config.mlp_hidden) * dtype_bytes(dtype))
     logits = rows * L_last * config.bits_per_token * 2 * 4 * 3
     final_scale_kv = 2 * rows * L * C * 2 * dtype_bytes(dtype)  # one layer's concatenated keys/values
-    return kv_cache_bytes(config, schedule, rows, dtype, stored_only=True) + final_scale_kv + text_kv + activations + logits
+    stored_kv = kv_cache_bytes(config, schedule, rows, dtype, stored_only=True)
+    return stored_kv + final_scale_kv + text_kv + activations + logits
 
 
 def decode_bytes(config: VAEConfig, image_hw: tuple[int, int], batch: int, dtype: torch.dtype) -> int:

@@ -56,7 +56,8 @@ def random_tokenizer(config: VAEConfig, seed: int = 0, dtype=torch.float32, devi
     return randomize_(model, seed).eval().requires_grad_(False)
 
 
-def transformer_file_state_dict(model: InfinityTransformer, blocks_per_chunk: int | None = None) -> dict[str, torch.Tensor]:
+def transformer_file_state_dict(model: InfinityTransformer,
+                                blocks_per_chunk: int | None = None) -> dict[str, torch.Tensor]:
     """The model's weights under the released key names (`block_chunks.{i}.module.{j}`, split biases)."""
     depth = model.config.depth
     chunks = 8 if depth % 8 == 0 and depth >= 16 else (2 if depth % 2 == 0 else 1)  # releases: 8 chunks

@@ -168,7 +168,8 @@ def sample(
         for si in range(n):
             cfg, tau = cfg_list[si], tau_list[si]
             mix = lambda h, cfg=cfg: torch.cat([cfg * h[:B] + (1 - cfg) * h[B:]] * 2)  # noqa: E731
-            hidden = model.forward_scale(x, si, state, mix_after_layers=mix_layers if cfg != 1 else frozenset(), mix=mix)
+            layers = mix_layers if cfg != 1 else frozenset()
+            hidden = model.forward_scale(x, si, state, mix_after_layers=layers, mix=mix)
             if cfg != 1 and on_logits:
                 logits = model.logits(hidden, state).mul(1 / tau)
                 logits = cfg * logits[:B] + (1 - cfg) * logits[B:]

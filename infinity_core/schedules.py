@@ -104,10 +104,9 @@ def nearest_template(h_div_w: float) -> float:
     return min(TEMPLATE_RATIOS, key=lambda t: abs(t - h_div_w))
 
 
-# Requests are snapped to the nearest template; ones far outside every template are refused.
-MIN_SIDE = min(min(g[PIXEL_BUDGETS["0.06M"] - 1]) for g in TEMPLATES.values()) * VAE_STRIDE // 2   # 72 px
-MAX_SIDE = max(max(g[-1]) for g in TEMPLATES.values()) * VAE_STRIDE * 2                            # 3552 px
-MAX_ASPECT = 4.0
+# Requests are snapped to the nearest template; ones far outside every template (sides 144..1776 px,
+# ratios 1:3..3:1) are refused. Bounds are multiples of 16 so they also serve as widget limits.
+MIN_SIDE, MAX_SIDE, MAX_ASPECT = 64, 3584, 4.0
 
 
 def schedule_for_size(width: int, height: int, budget: str = "1M") -> ScaleSchedule:

@@ -65,9 +65,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             sd = load_file(str(path))
         except SafetensorError as err:
-            raise CheckpointError(f"cannot read the safetensors file: {err}", path=str(path), hint=_CORRUPT_HINT) from err
+            raise CheckpointError(f"cannot read the safetensors file: {err}", path=str(path),
+                                  hint=_CORRUPT_HINT) from err
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError("the file holds no plain tensor dictionary", path=str(path), hint="use a .safetensors file")
+        raise CheckpointError("the file holds no plain tensor dictionary", path=str(path),
+                              hint="use a .safetensors file")
     return sd
 
 
@@ -150,7 +152,8 @@ class T5TextEncoder:
             raise CheckpointError(f"cannot read the T5 weights: {err}", path=str(folder), hint=_CORRUPT_HINT) from err
         except (OSError, ValueError) as err:
             raise CheckpointError(f"cannot load the T5 encoder: {err}", path=str(folder),
-                                  hint="the folder needs model.safetensors (or shards + index, or pytorch_model.bin)") from err
+                                  hint="the folder needs model.safetensors (or shards + index, or "
+                                       "pytorch_model.bin)") from err
         missing = sorted(set(info["missing_keys"]) - {"encoder.embed_tokens.weight"})
         if missing or info["mismatched_keys"]:
             raise CheckpointError(f"T5 weights do not fit config.json: missing {missing[:5]}, "
@@ -187,7 +190,8 @@ class T5TextEncoder:
                                   f"{sorted(result.unexpected_keys)[:5]}", path=str(path),
                                   hint="use an HF-format T5 encoder file (flan-t5-xl); re-download if incomplete")
         model.set_input_embeddings(model.shared)  # re-tie encoder.embed_tokens to the loaded shared.weight
-        logger.info("loaded T5 encoder %s (%d layers, d_model %d) as %s", path, config.num_layers, config.d_model, dtype)
+        logger.info("loaded T5 encoder %s (%d layers, d_model %d) as %s", path, config.num_layers, config.d_model,
+                    dtype)
         return cls(model.to(device), tokenizer)
 
     @property
@@ -224,9 +228,11 @@ class T5TextEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: list[str], output_device: str | torch.device | None = "cpu") -> TextEmbedding:
-        """Packed fp32 features of each prompt's real tokens (EOS included); `output_device=None` keeps them on the model's device."""
+        """Packed fp32 features of each prompt's real tokens (EOS included); `output_device=None` keeps them
+        on the model's device."""
         ids_BL, mask_BL = self.tokenize(prompts)
-        hidden_BLC = self.model(input_ids=ids_BL.to(self.device), attention_mask=mask_BL.to(self.device)).last_hidden_state
+        out = self.model(input_ids=ids_BL.to(self.device), attention_mask=mask_BL.to(self.device))
+        hidden_BLC = out.last_hidden_state
         features = TextEmbedding.from_padded(hidden_BLC.float(), mask_BL.sum(1).tolist())
         return features if output_device is None else features.to(output_device)
 

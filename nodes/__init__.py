@@ -15,6 +15,29 @@ NODES: list[type[io.ComfyNode]] = [
 ]
 
 
+def schedule_tables() -> dict:
+    """The scale-schedule tables the web extension's size preview reads (GET /infinity/schedules)."""
+    from ..infinity_core import schedules as s
+    return {"templates": [[t, [list(g) for g in grids]] for t, grids in s.TEMPLATES.items()],
+            "budgets": [[name, n] for name, n in s.PIXEL_BUDGETS.items()],
+            "min_side": s.MIN_SIDE, "max_side": s.MAX_SIDE, "max_aspect": s.MAX_ASPECT, "vae_stride": s.VAE_STRIDE}
+
+
+def register_routes() -> None:
+    """Only inside a running ComfyUI server (not in tests); also served under /api/infinity/schedules."""
+    try:
+        from aiohttp import web
+        from server import PromptServer
+        routes = PromptServer.instance.routes
+    except (ImportError, AttributeError):
+        return
+    tables = schedule_tables()
+
+    @routes.get("/infinity/schedules")
+    async def infinity_schedules(_request):
+        return web.json_response(tables)
+
+
 class InfinityExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return list(NODES)
@@ -22,4 +45,5 @@ class InfinityExtension(ComfyExtension):
 
 async def comfy_entrypoint() -> InfinityExtension:
     comfy_glue.register_folders()
+    register_routes()
     return InfinityExtension()

@@ -17,12 +17,11 @@ from ..infinity_core.loading import pair
 from ..infinity_core.memory import decode_bytes, sampling_bytes
 from ..infinity_core.quantizer import token_bits_to_vae
 from ..infinity_core.sampler import SamplerSettings, make_generators, sample
-from ..infinity_core.schedules import PIXEL_BUDGETS, schedule_for_size
+from ..infinity_core.schedules import MAX_SIDE, MIN_SIDE, PIXEL_BUDGETS, schedule_for_size
 from . import comfy_glue as glue
 from .types import (BUDGETS, Conditioning, InfinityConditioning, InfinityModel, InfinityVAE, LatentView, ModelHandle,
                     TokenizerHandle, about, pack_latent, read_latent, teacher_bits)
 
-MIN_SIDE, MAX_SIDE = 16, 16384
 TOP_P = 0.97  # the reference's gen_one_img default (its top_k=900 keeps both values of a bit: off)
 PROMPT_HINT = "type what the picture should show into the Infinity Text Encode node, e.g. 'a red fox in the snow'"
 
@@ -48,10 +47,6 @@ def _schedule(model: ModelHandle, width: int, height: int, budget: str, latent) 
     if latent is not None:
         view = read_latent(latent, "latent_image", model.cell_bits, model.patchify, model.name)
         return view.schedule, view
-    for name, value in (("width", width), ("height", height)):
-        if not MIN_SIDE <= value <= MAX_SIDE:
-            raise ResolutionError(f"{name}: {value} px is outside {MIN_SIDE}..{MAX_SIDE}",
-                                  hint="use e.g. 1024x1024; the output is snapped to Infinity's nearest template")
     if budget not in PIXEL_BUDGETS:
         raise ResolutionError(f"budget: unknown pixel budget {budget!r}", hint=f"use one of {BUDGETS}")
     with about("width/height"):

@@ -20,7 +20,7 @@ from ..infinity_core.conditioning import TextEmbedding
 from ..infinity_core.config import InfinityConfig, VAEConfig
 from ..infinity_core.errors import IncompatibleModelsError, InfinityError, ResolutionError
 from ..infinity_core.quantizer import quantize_multiscale, summed_codes
-from ..infinity_core.schedules import PIXEL_BUDGETS, TEMPLATES, ScaleSchedule, schedule_for_final_grid
+from ..infinity_core.schedules import PIXEL_BUDGETS, ScaleSchedule, schedule_for_final_grid
 
 InfinityModel = io.Custom("INFINITY_MODEL")
 InfinityVAE = io.Custom("INFINITY_VAE")

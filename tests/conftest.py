@@ -50,4 +50,5 @@ def tiny_files(tmp_path_factory, tiny_transformer, tiny_tokenizer):
     """The tiny random models written in the released layouts, both formats."""
     from infinity_core.random_models import save_reference_files
     root = tmp_path_factory.mktemp("tiny_models")
-    return {fmt: save_reference_files(root / fmt, tiny_transformer, tiny_tokenizer, fmt) for fmt in ("pth", "safetensors")}
+    return {fmt: save_reference_files(root / fmt, tiny_transformer, tiny_tokenizer, fmt)
+            for fmt in ("pth", "safetensors")}

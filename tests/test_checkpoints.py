@@ -47,7 +47,8 @@ def test_remap_flattens_chunks_and_folds_biases(tiny_transformer):
 def test_remap_accepts_wrappers_and_the_other_scale_mul_layout(tiny_transformer):
     released = transformer_file_state_dict(tiny_transformer)
     heads = tiny_transformer.config.num_heads
-    wrapped = {"module." + k: (v.reshape(1, 1, heads, 1) if k.endswith("scale_mul_1H11") else v) for k, v in released.items()}
+    wrapped = {"module." + k: (v.reshape(1, 1, heads, 1) if k.endswith("scale_mul_1H11") else v)
+               for k, v in released.items()}
     wrapped["module.rope2d_freqs_grid"] = torch.zeros(1)
     ours = remap_transformer_keys(wrapped)
     assert all(torch.equal(ours[k], v) for k, v in tiny_transformer.state_dict().items())
@@ -174,6 +175,7 @@ def test_convert_writes_a_pickle_free_copy(tmp_path, tiny_files, tiny_tokenizer)
 def test_decoder_only_tokenizer_loads_but_cannot_encode(tmp_path):
     full = random_tokenizer(VAEConfig(codebook_dim=16, base_ch=24, encoder_ch_mult=(1, 1, 1, 1, 2),
                                       decoder_ch_mult=(1, 1, 1, 1, 2)))
-    save_file({k: v for k, v in full.state_dict().items() if k.startswith("decoder.")}, str(tmp_path / "dec.safetensors"))
+    decoder_only = {k: v for k, v in full.state_dict().items() if k.startswith("decoder.")}
+    save_file(decoder_only, str(tmp_path / "dec.safetensors"))
     dec = load_tokenizer(tmp_path / "dec.safetensors")
     assert dec.encoder is None and dec.config.decoder_ch_mult == (1, 1, 1, 1, 2)

@@ -34,7 +34,8 @@ def released_transformer_shapes(depth, C, H, d_t, Ct5=2048, chunks=8):
         "head.weight": (2 * d_t, C), "head.bias": (2 * d_t,),
     }
     block = {"ada_gss": (1, 1, 6, C), "sa.scale_mul_1H11": (1, H, 1, 1), "sa.mat_qkv.weight": (3 * C, C),
-             "sa.proj.weight": (C, C), "ca.mat_q.weight": (C, C), "ca.mat_kv.weight": (2 * C, C), "ca.proj.weight": (C, C),
+             "sa.proj.weight": (C, C), "ca.mat_q.weight": (C, C), "ca.mat_kv.weight": (2 * C, C),
+             "ca.proj.weight": (C, C),
              "ffn.fc1.weight": (M, C), "ffn.fc1.bias": (M,), "ffn.fc2.weight": (C, M)}
     per = depth // chunks
     for n in range(depth):

@@ -8,7 +8,6 @@ from infinity_core import cli
 from infinity_core.errors import MemoryBudgetError, PromptError
 from infinity_core.images import decode_tiled, from_rgb01, preview_rgb
 from infinity_core.pipeline import GenerationRequest, generate
-from infinity_core.sampler import SamplerSettings
 
 
 def request(prompt, **kw):

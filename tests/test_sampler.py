@@ -55,7 +55,8 @@ def test_multinomial_draw_order_is_one_call_for_the_batch():
     expected = torch.multinomial(probs.view(-1, 2), 1, True, generator=g).view(2, 50)
     assert torch.equal(draw_bits(probs, [torch.Generator().manual_seed(5)]), expected)
     per_image = draw_bits(probs, make_generators(5, 2))
-    assert torch.equal(per_image[1], torch.multinomial(probs[1], 1, True, generator=torch.Generator().manual_seed(6)).view(50))
+    second = torch.multinomial(probs[1], 1, True, generator=torch.Generator().manual_seed(6)).view(50)
+    assert torch.equal(per_image[1], second)
 
 
 def test_same_seed_same_bits_and_batch_image_i_equals_seed_plus_i(tiny_transformer, prompt):

@@ -73,9 +73,9 @@ def test_star_positions_match_the_reference_lists():
     assert _positions(12, 64).tolist() == [0, 5, 11, 16, 21, 27, 32, 37, 43, 48, 53, 59]
     assert _positions(20, 64).tolist() == [0, 3, 6, 10, 13, 16, 19, 22, 26, 29, 32, 35, 38, 42, 45, 48, 51, 54, 58, 61]
     assert _positions(40, 64).tolist()[:12] == [0, 2, 3, 5, 6, 8, 10, 11, 13, 14, 16, 18]
-    assert _positions(48, 64).tolist() == [0, 1, 3, 4, 5, 7, 8, 9, 11, 12, 13, 15, 16, 17, 19, 20, 21, 23, 24, 25, 27, 28,
-                                           29, 31, 32, 33, 35, 36, 37, 39, 40, 41, 43, 44, 45, 47, 48, 49, 51, 52, 53,
-                                           55, 56, 57, 59, 60, 61, 63]
+    assert _positions(48, 64).tolist() == [0, 1, 3, 4, 5, 7, 8, 9, 11, 12, 13, 15, 16, 17, 19, 20, 21, 23, 24, 25,
+                                           27, 28, 29, 31, 32, 33, 35, 36, 37, 39, 40, 41, 43, 44, 45, 47, 48, 49,
+                                           51, 52, 53, 55, 56, 57, 59, 60, 61, 63]
     # float32 product + half-to-even: 27 * (111/54) is exactly 55.5 in float32 -> 56 (float64 would give 55)
     assert _positions(54, 111)[27].item() == 56
     # ties on the 1.25 template (20 x 16 at 1M: 70/20 = 3.5): half-to-even rounding
@@ -88,7 +88,8 @@ def test_rope_table_rows_and_interleaved_rotation():
     x = torch.randn(1, 1, 5, 32)
     cs = table[:, 1:6]
     rotated = apply_rope(x, cs)
-    as_complex = torch.view_as_complex(x.reshape(1, 1, 5, 16, 2)) * torch.polar(torch.ones(5, 16), torch.atan2(cs[1], cs[0]))
+    rotation = torch.polar(torch.ones(5, 16), torch.atan2(cs[1], cs[0]))
+    as_complex = torch.view_as_complex(x.reshape(1, 1, 5, 16, 2)) * rotation
     assert torch.allclose(rotated, torch.view_as_real(as_complex).reshape(1, 1, 5, 32), atol=1e-5)
     # second token of scale 1 (2x2 grid at 1:1) sits at row 0, column 32: first half of the angles is 0
     assert torch.allclose(table[0, 2, :8], torch.ones(8)) and not torch.allclose(table[0, 2, 8:], torch.ones(8))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +16,8 @@ from shared_paths import TOKENIZER_DIR
 
 PROMPTS = ["a photo of a cat sitting on a mat, highly detailed", "dog"]
 
-pytestmark = pytest.mark.skipif(not (TOKENIZER_DIR / "tokenizer.json").is_file(), reason="shared T5 tokenizer fixture missing")
+pytestmark = pytest.mark.skipif(not (TOKENIZER_DIR / "tokenizer.json").is_file(),
+                                reason="shared T5 tokenizer fixture missing")
 
 
 def _tiny_config() -> T5Config:
@@ -128,7 +128,8 @@ def test_fp16_keeps_wo_fp32(files):
     hf16 = T5TextEncoder.from_folder(files[1], dtype=torch.float16)
     for e in (enc, hf16):
         ff = e.model.encoder.block[0].layer[1].DenseReluDense
-        assert e.dtype == torch.float16 and ff.wi_0.weight.dtype == torch.float16 and ff.wo.weight.dtype == torch.float32
+        assert e.dtype == torch.float16 and ff.wi_0.weight.dtype == torch.float16
+        assert ff.wo.weight.dtype == torch.float32
     assert enc.encode(["dog"]).features_NC.dtype == torch.float32
 
 
@@ -142,7 +143,8 @@ def test_tokenizer_is_tokenizer_json_verbatim():
 
 def test_not_t5_file(tmp_path):
     path = tmp_path / "image_model.safetensors"
-    save_file({"block_chunks.0.module.0.sa.mat_qkv.weight": torch.zeros(4, 4), "cfg_uncond": torch.zeros(2, 4)}, str(path))
+    save_file({"block_chunks.0.module.0.sa.mat_qkv.weight": torch.zeros(4, 4), "cfg_uncond": torch.zeros(2, 4)},
+              str(path))
     with pytest.raises(CheckpointError, match="HINT") as err:
         T5TextEncoder.from_single_file(path, tokenizer_dir=TOKENIZER_DIR)
     assert "image_model.safetensors" in str(err.value)

@@ -1,0 +1,371 @@
+"""The pack in a real ComfyUI server (and, if available, the real frontend in headless chromium).
+
+Gated: runs only with `COMFYUI_PATH` = a ComfyUI checkout (e.g. 0.3.64). The server runs with the
+Python in `COMFYUI_PYTHON` (default: this one) from a temporary working directory, with a temporary
+`--base-directory` holding custom_nodes/ComfyUI-Infinity (a symlink to this repo), tiny stand-in
+models under the exact file names the example workflows load (tests/comfyui_e2e/models.py), an input
+image and user settings for the frontend. The browser part also needs `PLAYWRIGHT_CORE_DIR` (a
+node_modules folder with playwright-core), `node` and chromium (`CHROMIUM`, default /usr/bin/chromium).
+
+    COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/comfy-venv/bin/python \
+    PLAYWRIGHT_CORE_DIR=/path/to/node_modules python -m pytest tests/test_comfyui_real.py -v
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from comfyui_e2e import models as tiny_models
+from comfyui_e2e.ui_to_api import convert
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("INFINITY_SHARED", REPO.parent / "shared"))
+MODEL_A = SHARED / "fixtures" / "infinity_ref" / "model_a"
+TOKENIZER_DIR = SHARED / "fixtures" / "t5_tokenizer"
+COMFYUI = Path(os.environ["COMFYUI_PATH"]) if os.environ.get("COMFYUI_PATH") else None
+PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
+PACK_DIR_NAME = "ComfyUI-Infinity"  # the custom_nodes folder name = the template module name
+E2E = Path(__file__).resolve().parent / "comfyui_e2e"
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+PACK_NODES = {"InfinityTransformerLoader", "InfinityBitwiseTokenizerLoader", "InfinityTextEncoderLoader",
+              "InfinityTextEncode", "InfinitySampler", "InfinitySamplerAdvanced", "InfinityDecode", "InfinityEncode"}
+RUN_TIMEOUT = 600
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.skipif(COMFYUI is None or not (COMFYUI / "main.py").is_file(),
+                       reason="set COMFYUI_PATH to a ComfyUI checkout to run the real-ComfyUI tests"),
+    pytest.mark.skipif(not MODEL_A.is_dir() or not (TOKENIZER_DIR / "tokenizer.json").is_file(),
+                       reason=f"shared fixtures not found under {SHARED}"),
+]
+
+
+# ---- HTTP ----------------------------------------------------------------------------------------
+def http(url: str, data=None, timeout: float = 60):
+    body = None if data is None else json.dumps(data).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"} if body else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            return err.code, json.loads(raw)
+        except ValueError:
+            return err.code, raw.decode(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End exactly the server we started, by its PID: SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+# ---- the server ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def comfy():
+    root = Path(tempfile.mkdtemp(prefix="infinity_comfyui_"))
+    base, cwd = root / "base", root / "cwd"
+    proc = None
+    try:
+        for sub in ("custom_nodes", "input", "output", "temp", "user/default"):
+            (base / sub).mkdir(parents=True)
+        cwd.mkdir()
+        (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
+        (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(
+            {"Comfy.TutorialCompleted": True, "Comfy.Canvas.NavigationMode": "custom"}))
+        tiny_models.populate(base, MODEL_A, TOKENIZER_DIR)
+        port = free_port()
+        log_path = root / "server.log"
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+        env.pop("PYTHONPATH", None)
+        cmd = [PYTHON, str(COMFYUI / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+               "--base-directory", str(base), "--disable-auto-launch", "--disable-api-nodes",
+               "--database-url", "sqlite:///:memory:"]
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-4000:]}")
+            try:
+                if http(url + "/system_stats", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"ComfyUI did not start:\n{log_path.read_text(errors='replace')[-4000:]}")
+            time.sleep(0.5)
+        _, object_info = http(url + "/object_info", timeout=120)
+        yield SimpleNamespace(url=url, base=base, log=log_path, object_info=object_info, proc=proc)
+    finally:
+        if proc is not None:
+            stop(proc)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_prompt(comfy, prompt: dict, extra_data: dict | None = None) -> dict:
+    status, response = http(comfy.url + "/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex,
+                                                    "extra_data": extra_data or {}})
+    assert status == 200, f"prompt refused ({status}): {json.dumps(response)[:3000]}"
+    return wait_for(comfy, response["prompt_id"])
+
+
+def wait_for(comfy, prompt_id: str) -> dict:
+    deadline = time.time() + RUN_TIMEOUT
+    while time.time() < deadline:
+        _, history = http(f"{comfy.url}/history/{prompt_id}")
+        entry = (history or {}).get(prompt_id)
+        if entry and entry.get("status", {}).get("completed") is not None \
+                and entry["status"].get("status_str") in ("success", "error"):
+            errors = [m for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+            assert entry["status"]["status_str"] == "success", \
+                f"run failed: {json.dumps(errors)[:4000]}\n{comfy.log.read_text(errors='replace')[-3000:]}"
+            return entry
+        assert comfy.proc.poll() is None, f"ComfyUI died:\n{comfy.log.read_text(errors='replace')[-4000:]}"
+        time.sleep(0.5)
+    http(comfy.url + "/interrupt", {})
+    pytest.fail(f"prompt {prompt_id} did not finish in {RUN_TIMEOUT}s")
+
+
+def saved_images(comfy, entry: dict) -> list[Path]:
+    files = []
+    for output in entry.get("outputs", {}).values():
+        for image in output.get("images", []):
+            if image.get("type") == "output":
+                files.append(comfy.base / "output" / image.get("subfolder", "") / image["filename"])
+    return files
+
+
+def make_fast(prompt: dict) -> dict:
+    """Keep the runs short on a CPU: every budget to 0.06M (7 scales, 256 px at 1:1) and tiled decodes at
+    the smallest tile (8 cells), so tiling still runs on the small latents. Everything else is as shipped."""
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if "budget" in inputs:
+            inputs["budget"] = "0.06M"
+        if inputs.get("tile_size", 0) > 0:
+            inputs["tile_size"] = 8
+    return prompt
+
+
+def expected_sizes(prompt: dict, input_dir: Path) -> set[tuple[int, int]]:
+    """(width, height) of the saved images: the snapped sampler size (or the encoded image's), x4 after an
+    upscaler."""
+    from PIL import Image
+
+    from infinity_core.schedules import schedule_for_size
+    sizes = set()
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "InfinityEncode":
+            w, h = inputs["width"], inputs["height"]
+            if not (w and h):
+                loader = prompt[inputs["image"][0]]
+                assert loader["class_type"] == "LoadImage"
+                w, h = Image.open(input_dir / loader["inputs"]["image"]).size
+            sizes.add(schedule_for_size(w, h, inputs["budget"]).image_hw[::-1])
+        elif node["class_type"].startswith("InfinitySampler") and not isinstance(inputs.get("latent_image"), list):
+            sizes.add(schedule_for_size(inputs["width"], inputs["height"], inputs["budget"]).image_hw[::-1])
+    assert len(sizes) == 1, sizes
+    (w, h), = sizes
+    factor = 4 if any(n["class_type"] == "ImageUpscaleWithModel" for n in prompt.values()) else 1
+    return {(w * factor, h * factor)}
+
+
+def check_outputs(comfy, prompt: dict, entry: dict) -> list[Path]:
+    """One PNG per image of the batch, each of the size the schedule gives."""
+    from PIL import Image
+    batch = max([n["inputs"].get("batch_size", 1) for n in prompt.values()] + [1])
+    files = saved_images(comfy, entry)
+    assert len(files) == batch, files
+    want = expected_sizes(prompt, comfy.base / "input")
+    for f in files:
+        assert f.is_file() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
+        with Image.open(f) as im:
+            assert im.size in want, (f.name, im.size, want)
+    return files
+
+
+# ---- tests ---------------------------------------------------------------------------------------
+def test_pack_loads_without_errors(comfy):
+    log = comfy.log.read_text(errors="replace")
+    pack_lines = [line for line in log.splitlines() if PACK_DIR_NAME in line or "infinity" in line.lower()]
+    bad = [line for line in pack_lines if "IMPORT FAILED" in line or "Cannot import" in line
+           or "Error while calling comfy_entrypoint" in line]
+    assert not bad, bad
+    assert f"custom_nodes/{PACK_DIR_NAME}" in log  # listed among the loaded custom nodes
+
+
+def test_object_info_lists_every_node(comfy):
+    info = comfy.object_info
+    assert PACK_NODES <= set(info), sorted(PACK_NODES - set(info))
+    for node_id in PACK_NODES:
+        assert info[node_id]["display_name"].startswith("Infinity")
+        assert info[node_id]["python_module"].startswith("custom_nodes"), info[node_id]["python_module"]
+    # the combos list the tiny models under the names the workflows use
+    assert "infinity_8b_weights/model.safetensors.index.json" in \
+        info["InfinityTransformerLoader"]["input"]["required"]["model_name"][1]["options"]
+
+
+def test_core_node_table_of_the_ci_tests_matches_object_info(comfy):
+    """tests/test_workflows.py checks the core nodes against a table; it must be what ComfyUI says."""
+    from test_workflows import CORE_NODES, spec_from_object_info
+    for node_type, spec in CORE_NODES.items():
+        assert spec_from_object_info(comfy.object_info[node_type]) == spec, node_type
+
+
+def test_schedules_route(comfy):
+    from infinity_core import schedules as s
+    status, tables = http(comfy.url + "/infinity/schedules")
+    assert status == 200
+    assert http(comfy.url + "/api/infinity/schedules") == (200, tables)
+    assert [t for t, _ in tables["templates"]] == list(s.TEMPLATES)
+    assert {t: tuple(map(tuple, g)) for t, g in tables["templates"]} == s.TEMPLATES
+    assert dict(tables["budgets"]) == s.PIXEL_BUDGETS
+    assert (tables["min_side"], tables["max_side"], tables["max_aspect"], tables["vae_stride"]) == \
+        (s.MIN_SIDE, s.MAX_SIDE, s.MAX_ASPECT, s.VAE_STRIDE)
+
+
+def test_templates_served(comfy):
+    status, listing = http(comfy.url + "/api/workflow_templates")
+    assert status == 200
+    assert sorted(listing.get(PACK_DIR_NAME, [])) == sorted(p.stem for p in WORKFLOWS)
+    for path in WORKFLOWS:
+        assert http(f"{comfy.url}/api/workflow_templates/{PACK_DIR_NAME}/{path.name}") == \
+            (200, json.loads(path.read_text()))
+        with urllib.request.urlopen(f"{comfy.url}/api/workflow_templates/{PACK_DIR_NAME}/{path.stem}.jpg") as r:
+            assert r.status == 200 and r.read(3) == b"\xff\xd8\xff"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs(comfy, path):
+    workflow = json.loads(path.read_text())
+    prompt = make_fast(convert(workflow, comfy.object_info))
+    entry = run_prompt(comfy, prompt, {"extra_pnginfo": {"workflow": workflow}})
+    check_outputs(comfy, prompt, entry)
+
+
+def test_invalid_prompt_is_refused(comfy):
+    workflow = json.loads((REPO / "workflows" / "infinity_2b_text_to_image.json").read_text())
+    prompt = convert(workflow, comfy.object_info)
+    sampler = next(k for k, n in prompt.items() if n["class_type"] == "InfinitySampler")
+    prompt[sampler]["inputs"]["width"] = 5
+    status, response = http(comfy.url + "/prompt", {"prompt": prompt, "client_id": "invalid-test"})
+    assert status == 400, response
+    assert sampler in response["node_errors"], response
+    assert "width" in json.dumps(response["node_errors"][sampler]), response
+
+
+# ---- the real frontend ---------------------------------------------------------------------------
+def _browser_requirements() -> str | None:
+    node = shutil.which("node")
+    chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    core = os.environ.get("PLAYWRIGHT_CORE_DIR")
+    if not node:
+        return "node not found"
+    if not (core and (Path(core) / "playwright-core").is_dir()):
+        return "set PLAYWRIGHT_CORE_DIR to a node_modules folder with playwright-core"
+    if not (Path(chromium).is_file() or shutil.which(chromium)):
+        return f"chromium not found ({chromium})"
+    return None
+
+
+@pytest.mark.skipif(_browser_requirements() is not None, reason=str(_browser_requirements()))
+def test_templates_in_the_real_frontend(comfy, tmp_path):
+    """Load each template the way the template browser does, shrink it through the frontend's widgets,
+    convert with app.graphToPrompt(), queue it through the frontend's API client, and wait for it."""
+    from PIL import Image
+
+    from test_workflows import preview_text
+
+    from infinity_core.errors import ResolutionError
+    from infinity_core.schedules import schedule_for_size
+    report_path = tmp_path / "browser.json"
+    shots = os.environ.get("INFINITY_E2E_SCREENSHOTS")  # keep screenshots here when set
+    cmd = ["node", str(E2E / "browser_check.mjs"), "--url", comfy.url, "--module", PACK_DIR_NAME,
+           "--out", str(report_path), "--fast", "--queue", "--probe", "--template-dialog"]
+    cmd += ["--screenshots", shots] if shots else []
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert report_path.is_file(), result.stdout + result.stderr
+    report = json.loads(report_path.read_text())
+    assert result.returncode == 0 and report["ok"], json.dumps(
+        {k: report.get(k) for k in ("error", "page_errors", "console_errors", "failed_requests")}, indent=1)
+    assert not report["page_errors"] and not report["console_errors"], report
+    assert report["extension_registrations"] == 1
+    dialog = report["template_dialog"]  # a card of the template browser loads the workflow, thumbnails show
+    assert dialog.get("unavailable") or (dialog["ok"] and dialog["thumbnails"] >= len(WORKFLOWS)), dialog
+    assert sorted(report["templates"]) == sorted(p.stem for p in WORKFLOWS)
+
+    for item in report["workflows"]:
+        assert item["status"] == 200 and item["thumbnail"] == 200, item["name"]
+        assert all(n["known"] and not n["has_errors"] for n in item["nodes"]), item["nodes"]
+        assert not item["dialogs"], item["dialogs"]  # e.g. "Missing Models" although every file is there
+        assert not item["toasts"], item["toasts"]  # e.g. "Invalid workflow against zod schema"
+        boxes = [(g["pos"][0], g["pos"][1] - 30, g["pos"][0] + g["size"][0], g["pos"][1] + g["size"][1])
+                 for g in item["geometry"]]  # as the frontend laid them out (nodes grow to fit their widgets)
+        assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+                    if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]], item["name"]
+        workflow = json.loads((REPO / "workflows" / f"{item['name']}.json").read_text())
+        # the frontend's conversion equals ours (after the same fast overrides)
+        assert _same_prompt(item["api_prompt"], make_fast(convert(workflow, comfy.object_info))), item["name"]
+        # the size preview shows on every Infinity sampler/encoder
+        kinds = {n["type"] for n in workflow["nodes"]} & {"InfinitySampler", "InfinitySamplerAdvanced",
+                                                          "InfinityEncode"}
+        assert {p["type"] for p in item["previews"]} == kinds
+        assert all(p["text"].startswith("→") for p in item["previews"]), item["previews"]
+        entry = wait_for(comfy, item["queue"]["prompt_id"])
+        for f in check_outputs(comfy, item["api_prompt"], entry):
+            with Image.open(f) as im:  # queued by the frontend: the UI workflow is embedded
+                assert "workflow" in im.info and "prompt" in im.info
+
+    # the preview follows widget edits and says what the core will do with those values
+    assert len(report["probe"]) >= 5 and len({c["text"] for c in report["probe"]}) == len(report["probe"])
+    for case in report["probe"]:
+        try:
+            s = schedule_for_size(case["width"], case["height"], case["budget"])
+        except ResolutionError:
+            assert case["text"].startswith("⚠"), case
+            continue
+        assert case["text"] == preview_text(s), case
+
+
+def _same_prompt(a: dict, b: dict) -> bool:
+    """Equal up to _meta titles and float/int spelling (the frontend sends 3 for 3.0)."""
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        if a[key]["class_type"] != b[key]["class_type"] or a[key]["inputs"].keys() != b[key]["inputs"].keys():
+            return False
+        for name, value in a[key]["inputs"].items():
+            other = b[key]["inputs"][name]
+            if value != other and not (isinstance(value, (int, float)) and isinstance(other, (int, float))
+                                       and float(value) == float(other)):
+                return False
+    return True

@@ -1,0 +1,59 @@
+// Infinity's size snapping, as a pure function (no browser, no ComfyUI): unit-tested with `node --test`.
+//
+// `tables` is what GET /infinity/schedules returns (built from infinity_core.schedules):
+//   { templates: [[h_div_w, [[h, w], ... 13 grids of the 1M schedule]], ...],   // reference order
+//     budgets: [["0.06M", 7], ...], min_side, max_side, max_aspect, vae_stride }
+// The rules mirror infinity_core.schedules.schedule_for_size: refuse sides outside min_side..max_side
+// and aspects beyond max_aspect, else take the first template with the smallest |t - h/w|; the
+// budget keeps the first n grids; the image is vae_stride x the final grid; tokens = sum of h*w.
+
+/**
+ * @returns {{ok: true, width: number, height: number, template: number, budget: string, scales: number,
+ *            tokens: number, grid: number[], snapped: boolean} | {ok: false, error: string}}
+ */
+export function snapSize(tables, width, height, budget) {
+  const entry = tables.budgets.find(([name]) => name === budget);
+  if (!entry) return { ok: false, error: `unknown budget ${budget}` };
+  const scales = entry[1];
+  const w = Number(width), h = Number(height);
+  if (width === "" || height === "" || !Number.isFinite(w) || !Number.isFinite(h)) {
+    return { ok: false, error: `${width}×${height} is not a size` };
+  }
+  if (Math.min(w, h) < tables.min_side || Math.max(w, h) > tables.max_side) {
+    return { ok: false, error: `${w}×${h}: each side must be ${tables.min_side}..${tables.max_side} px` };
+  }
+  if (Math.max(w / h, h / w) > tables.max_aspect) {
+    return { ok: false, error: `${w}×${h}: aspect ratio beyond 3:1` };
+  }
+  const ratio = h / w;
+  let best = null;
+  let bestDistance = Infinity;
+  for (const template of tables.templates) {
+    const distance = Math.abs(template[0] - ratio);
+    if (distance < bestDistance) {  // strict: the first minimum wins, like Python's min()
+      best = template;
+      bestDistance = distance;
+    }
+  }
+  const grids = best[1].slice(0, scales);
+  const [gh, gw] = grids[grids.length - 1];
+  const outW = gw * tables.vae_stride, outH = gh * tables.vae_stride;
+  return {
+    ok: true, width: outW, height: outH, template: best[0], budget, scales,
+    tokens: grids.reduce((sum, [a, b]) => sum + a * b, 0), grid: [gh, gw],
+    snapped: outW !== w || outH !== h,
+  };
+}
+
+/** The budget's number of scales, or undefined. */
+export function budgetScales(tables, budget) {
+  const entry = tables.budgets.find(([name]) => name === budget);
+  return entry ? entry[1] : undefined;
+}
+
+/** "→ 1344×768 · template 0.571 · 11,252 tokens · 13 scales" (or the error). */
+export function formatSize(result) {
+  if (!result.ok) return `⚠ ${result.error}`;
+  return `→ ${result.width}×${result.height} · template ${result.template} · ` +
+    `${result.tokens.toLocaleString("en-US")} tokens · ${result.scales} scales`;
+}

@@ -1,0 +1,106 @@
+// Live size preview on the Infinity Sampler / Sampler (Advanced) / Encode nodes: the exact output
+// resolution, aspect template and token count the current width/height/budget widgets give, before
+// the graph runs (Infinity only generates on its aspect templates, so requests are snapped).
+// The tables come from the pack's server route; the snapping rule lives in infinity_schedule.js.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+import { budgetScales, formatSize, snapSize } from "./infinity_schedule.js";
+
+const EXTENSION = "Infinity.SizePreview";
+const SAMPLERS = new Set(["InfinitySampler", "InfinitySamplerAdvanced"]);
+const ENCODE = "InfinityEncode";
+const WIDGET = "infinity_size";
+const HEIGHT = 22;
+
+let tables = null;
+let tablesFailed = false;
+
+async function loadTables() {
+  try {
+    const response = await api.fetchApi("/infinity/schedules");
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    tables = await response.json();
+  } catch (error) {
+    tablesFailed = true;
+    console.warn("[Infinity] size preview disabled: cannot read /infinity/schedules", error);
+  }
+  app.graph?.setDirtyCanvas(true, false);
+}
+
+function widgetValue(node, name) {
+  return node.widgets?.find((w) => w.name === name)?.value;
+}
+
+function linked(node, name) {
+  return node.inputs?.some((input) => input.name === name && input.link != null) ?? false;
+}
+
+/** The preview text and whether it is a warning, for the node's current widget values. */
+export function describeNode(node) {
+  if (!tables) return { text: tablesFailed ? "" : "…", warn: false };
+  const budget = widgetValue(node, "budget");
+  if (SAMPLERS.has(node.comfyClass) && linked(node, "latent_image")) {
+    return { text: "→ size and scales come from latent_image", warn: false };
+  }
+  const width = widgetValue(node, "width");
+  const height = widgetValue(node, "height");
+  if (node.comfyClass === ENCODE && (!width || !height)) {
+    const scales = budgetScales(tables, budget);
+    return { text: `→ the image's own aspect · budget ${budget} · ${scales ?? "?"} scales`, warn: false };
+  }
+  const result = snapSize(tables, width, height, budget);
+  return { text: formatSize(result), warn: !result.ok };
+}
+
+function sizeWidget(node) {
+  return {
+    name: WIDGET,
+    type: "infinity_size_preview",
+    value: "",
+    serialize: false,                 // not in widgets_values
+    options: { serialize: false },    // not in the API prompt
+    computeSize: (width) => [width, HEIGHT],
+    draw(ctx, drawnNode, widgetWidth, y) {
+      const { text, warn } = describeNode(drawnNode);
+      this.value = text;
+      if (!text) return;
+      const margin = 15;
+      let size = 12;
+      ctx.save();
+      ctx.font = `${size}px Arial`;
+      while (size > 8 && ctx.measureText(text).width > widgetWidth - 2 * margin) {
+        size -= 1;
+        ctx.font = `${size}px Arial`;
+      }
+      ctx.fillStyle = warn ? "#ff6b6b" : "#8fd18f";
+      ctx.textAlign = "left";
+      ctx.textBaseline = "middle";
+      ctx.fillText(text, margin, y + HEIGHT / 2);
+      ctx.restore();
+    },
+  };
+}
+
+// ComfyUI may serve this folder twice (WEB_DIRECTORY and pyproject's [tool.comfy] web): register once.
+if (!globalThis.__infinitySizePreviewRegistered) {
+  globalThis.__infinitySizePreviewRegistered = true;
+  app.registerExtension({
+    name: EXTENSION,
+    async setup() {
+      await loadTables();
+    },
+    async beforeRegisterNodeDef(nodeType, nodeData) {
+      if (!SAMPLERS.has(nodeData.name) && nodeData.name !== ENCODE) return;
+      const onNodeCreated = nodeType.prototype.onNodeCreated;
+      nodeType.prototype.onNodeCreated = function () {
+        const result = onNodeCreated?.apply(this, arguments);
+        if (!this.widgets?.some((w) => w.name === WIDGET)) {
+          this.addCustomWidget(sizeWidget(this));
+          const [w, h] = this.computeSize();
+          this.setSize([Math.max(this.size[0], w), Math.max(this.size[1], h)]);
+        }
+        return result;
+      };
+    },
+  });
+}

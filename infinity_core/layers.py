@@ -36,14 +36,6 @@ def ada_layer_norm(x_BLC: torch.Tensor, scale1p_B1C: torch.Tensor, shift_B1C: to
     return x.mul(scale1p_B1C).add_(shift_B1C)
 
 
-class Param(nn.Module):
-    """A bare tensor as a leaf module, so offloading code that walks leaves can move it."""
-
-    def __init__(self, *shape):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(*shape), requires_grad=False)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()

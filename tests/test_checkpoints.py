@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from infinity_core.checkpoints import remap_transformer_keys, to_reference_keys
-from infinity_core.config import VAEConfig
+from infinity_core.config import INFINITY_PRESETS, VAE_PRESETS, VAEConfig
 from infinity_core.convert import convert, describe
 from infinity_core.errors import CheckpointError, IncompatibleModelsError
 from infinity_core.loading import load_tokenizer, load_transformer, pair
@@ -147,9 +147,11 @@ def test_missing_key_and_nan_weight_are_named(tmp_path, tiny_transformer):
 
 
 def test_tokenizer_that_does_not_match_the_transformer(tiny_config):
-    d32 = VAEConfig(codebook_dim=32)
-    with pytest.raises(IncompatibleModelsError, match="infinity_vae_d32reg.pth"):
-        pair(tiny_config, d32)
+    with pytest.raises(IncompatibleModelsError, match="infinity_vae_d32reg.pth") as err:
+        pair(INFINITY_PRESETS["infinity_2b"], VAE_PRESETS["infinity_vae_d16"], tokenizer_name="infinity_vae_d16.pth")
+    assert "infinity_vae_d16.pth has 16 bits" in str(err.value) and "predicts 32 bits" in str(err.value)
+    with pytest.raises(IncompatibleModelsError, match="HINT"):
+        pair(tiny_config, VAEConfig(codebook_dim=32))
     assert not pair(tiny_config, VAEConfig(codebook_dim=16)).patchify
     assert pair(tiny_config, VAEConfig(codebook_dim=4, encoder_ch_mult=(1, 2, 4, 4), decoder_ch_mult=(1, 2, 4, 4),
                                        patch_size=8)).patchify

@@ -86,16 +86,20 @@ class SelfAttention(nn.Module):
         self.mat_qkv = ops.Linear(dim, 3 * dim, bias=True)  # bias = [q_bias, 0, v_bias]
         self.proj = ops.Linear(dim, dim, bias=True)
 
-    def forward(self, h_BLC: torch.Tensor, rope_2Lh: torch.Tensor, cache: KVCache, cdt: torch.dtype):
+    def temperature(self, like: torch.Tensor) -> torch.Tensor:
+        """Per-head multiplier of the cosine similarities, exp(min(s, log 100)), `[1, H, 1, 1]`."""
+        return _at(self.scale_mul_1H11, like).clamp_max(MAX_SCALE_MUL).exp()
+
+    def forward(self, h_BLC: torch.Tensor, rot_Lh: torch.Tensor, temperature: torch.Tensor, cache: KVCache,
+                cdt: torch.dtype):
         B, L, C = h_BLC.shape
         qkv = self.mat_qkv(h_BLC.to(cdt)).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        scale_mul = _at(self.scale_mul_1H11, h_BLC).clamp_max(MAX_SCALE_MUL).exp()
-        # normalise and rotate in float32 as the reference does, whatever the compute dtype
-        q = apply_rope(F.normalize(q.float(), dim=-1, eps=1e-12).mul(scale_mul), rope_2Lh)
-        k = apply_rope(F.normalize(k.float(), dim=-1, eps=1e-12), rope_2Lh)
-        k_all, v_all = cache.append(k.to(cache.k.dtype), v.to(cache.v.dtype))
-        o = F.scaled_dot_product_attention(q.to(cache.k.dtype), k_all, v_all, scale=1.0)
+        # q and k: normalised, q scaled, both rotated, in float32 (as the reference, whatever the dtype)
+        qk = F.normalize(qkv[:2].float(), dim=-1, eps=1e-12)
+        qk[0].mul_(temperature)
+        qk = apply_rope(qk, rot_Lh)
+        k_all, v_all = cache.append(qk[1].to(cache.k.dtype), qkv[2].to(cache.v.dtype))
+        o = F.scaled_dot_product_attention(qk[0].to(cache.k.dtype), k_all, v_all, scale=1.0)
         return self.proj(o.transpose(1, 2).reshape(B, L, C).to(cdt))
 
 
@@ -143,6 +147,7 @@ class BlockCondition:
     shift2: torch.Tensor
     text_k: torch.Tensor
     text_v: torch.Tensor
+    temperature: torch.Tensor
 
 
 class Block(nn.Module):
@@ -161,11 +166,11 @@ class Block(nn.Module):
         # order of the six rows: gamma1, gamma2, scale1, scale2, shift1, shift2 (reference unbind(2))
         g1, g2, s1, s2, sh1, sh2 = (_at(self.ada_gss, gss_B16C, torch.float32) + gss_B16C).unbind(2)
         k, v = self.ca.text_kv(memory_BTC, cdt)
-        return BlockCondition(g1, g2, s1.add(1), s2.add(1), sh1, sh2, k, v)
+        return BlockCondition(g1, g2, s1.add(1), s2.add(1), sh1, sh2, k, v, self.sa.temperature(gss_B16C))
 
-    def forward(self, x_BLC, cond: BlockCondition, text_mask, rope_2Lh, cache: KVCache, cdt):
+    def forward(self, x_BLC, cond: BlockCondition, text_mask, rot_Lh, cache: KVCache, cdt):
         h = ada_layer_norm(x_BLC, cond.scale1p1, cond.shift1, self.eps)
-        x_BLC = x_BLC + self.sa(h, rope_2Lh, cache, cdt).float().mul(cond.gamma1)
+        x_BLC = x_BLC + self.sa(h, rot_Lh, cond.temperature, cache, cdt).float().mul(cond.gamma1)
         h = self.ca_norm(x_BLC)
         x_BLC = x_BLC + self.ca(h, cond.text_k, cond.text_v, text_mask, cdt).float()
         h = ada_layer_norm(x_BLC, cond.scale2p1, cond.shift2, self.eps)

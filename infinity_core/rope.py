@@ -25,10 +25,8 @@ def _positions(n: int, full: int) -> torch.Tensor:
 
 @lru_cache(maxsize=64)
 def rope_table(head_dim: int, template: float) -> torch.Tensor:
-    """cos/sin of every token of the template's 13-scale 1M schedule: `[2, L_1M, head_dim // 2]` float32.
-
-    Shorter budgets use a prefix of these rows (their grids are a prefix of the 1M list).
-    """
+    """Rotations of every token of the template's 13-scale 1M schedule: `[L_1M, head_dim // 2]` complex64
+    (cos + i sin of float32 angles). Shorter budgets use a prefix of these rows."""
     half = head_dim // 2
     inv_freq = 1.0 / (ROPE_BASE ** (torch.arange(0, half, 2, dtype=torch.int64).float() / half))
     grids = TEMPLATES[template]
@@ -40,12 +38,10 @@ def rope_table(head_dim: int, template: float) -> torch.Tensor:
         angles = torch.cat([torch.outer(r.float(), inv_freq), torch.outer(q.float(), inv_freq)], dim=-1)
         rows.append(angles)
     angles_Lh = torch.cat(rows, 0)
-    return torch.stack([angles_Lh.cos(), angles_Lh.sin()], 0)
+    return torch.complex(angles_Lh.cos(), angles_Lh.sin())
 
 
-def apply_rope(x_BHLc: torch.Tensor, cos_sin_2Lh: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs (x[2m], x[2m+1]) by the angles of each position."""
-    cos, sin = cos_sin_2Lh[0], cos_sin_2Lh[1]
-    x = x_BHLc.unflatten(-1, (-1, 2))
-    x0, x1 = x[..., 0], x[..., 1]
-    return torch.stack([cos * x0 - sin * x1, sin * x0 + cos * x1], dim=-1).flatten(-2)
+def apply_rope(x: torch.Tensor, rot_Lh: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs (x[2m], x[2m+1]) by each position's angles: one complex product,
+    (x0 cos - x1 sin, x0 sin + x1 cos). `x` is float32 `[..., L, c]` with an even-strided last dim."""
+    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * rot_Lh).flatten(-2)

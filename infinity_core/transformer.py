@@ -33,13 +33,13 @@ class GenerationState:
     head_scale1p: torch.Tensor
     head_shift: torch.Tensor
     caches: list[KVCache]
-    rope_2Lh: torch.Tensor
+    rope_Lh: torch.Tensor
     offsets: tuple[int, ...]
     compute_dtype: torch.dtype
 
     def rope_rows(self, si: int, n: int) -> torch.Tensor:
         start = self.offsets[si]
-        return self.rope_2Lh[:, start:start + n]
+        return self.rope_Lh[start:start + n]
 
 
 class InfinityTransformer(nn.Module):
@@ -92,7 +92,7 @@ class InfinityTransformer(nn.Module):
             head_scale1p=scale1p,
             head_shift=shift,
             caches=caches,
-            rope_2Lh=rope_table(cfg.head_dim, schedule.template).to(dev),
+            rope_Lh=rope_table(cfg.head_dim, schedule.template).to(dev),
             offsets=schedule.offsets,
             compute_dtype=compute_dtype,
         )

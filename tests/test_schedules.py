@@ -84,12 +84,10 @@ def test_star_positions_match_the_reference_lists():
 
 def test_rope_table_rows_and_interleaved_rotation():
     table = rope_table(32, 1.0)
-    assert table.shape == (2, 10521, 16)
-    x = torch.randn(1, 1, 5, 32)
-    cs = table[:, 1:6]
-    rotated = apply_rope(x, cs)
-    rotation = torch.polar(torch.ones(5, 16), torch.atan2(cs[1], cs[0]))
-    as_complex = torch.view_as_complex(x.reshape(1, 1, 5, 16, 2)) * rotation
-    assert torch.allclose(rotated, torch.view_as_real(as_complex).reshape(1, 1, 5, 32), atol=1e-5)
-    # second token of scale 1 (2x2 grid at 1:1) sits at row 0, column 32: first half of the angles is 0
-    assert torch.allclose(table[0, 2, :8], torch.ones(8)) and not torch.allclose(table[0, 2, 8:], torch.ones(8))
+    assert table.shape == (10521, 16) and table.dtype == torch.complex64
+    x, rot = torch.randn(1, 1, 5, 32), table[1:6]
+    cos, sin, x0, x1 = rot.real, rot.imag, x[..., 0::2], x[..., 1::2]
+    expected = torch.stack([cos * x0 - sin * x1, sin * x0 + cos * x1], dim=-1).flatten(-2)
+    assert torch.allclose(apply_rope(x, rot), expected, atol=1e-6)
+    # second token of scale 1 (2x2 grid at 1:1) sits at row 0, column 32: the row half of its angles is 0
+    assert torch.allclose(table[2, :8].real, torch.ones(8)) and not torch.allclose(table[2, 8:].real, torch.ones(8))

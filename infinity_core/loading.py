@@ -23,23 +23,23 @@ def _state_dict(path, kind: str) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _read_config(read_config, sd, path, what: str):
+    try:
+        return read_config(sd)
+    except KeyError as err:
+        raise CheckpointError(f"{what} is missing tensor {err}", path=str(path),
+                              hint="the file is incomplete; download it again") from None
+
+
 def transformer_state_dict(path) -> tuple[InfinityConfig, dict[str, torch.Tensor]]:
     """The remapped state dict of a transformer file and the config read off it."""
     sd = remap_transformer_keys(_state_dict(path, "infinity_transformer"))
-    try:
-        return infinity_config_from_state_dict(sd), sd
-    except KeyError as err:
-        raise CheckpointError(f"Infinity transformer is missing tensor {err}", path=str(path),
-                              hint="the file is incomplete; download it again") from None
+    return _read_config(infinity_config_from_state_dict, sd, path, "Infinity transformer"), sd
 
 
 def tokenizer_state_dict(path) -> tuple[VAEConfig, dict[str, torch.Tensor]]:
     sd = remap_vae_keys(_state_dict(path, "bitwise_tokenizer"))
-    try:
-        return vae_config_from_state_dict(sd), sd
-    except KeyError as err:
-        raise CheckpointError(f"bitwise tokenizer is missing tensor {err}", path=str(path),
-                              hint="the file is incomplete; download it again") from None
+    return _read_config(vae_config_from_state_dict, sd, path, "bitwise tokenizer"), sd
 
 
 def _adopt(model, sd, path: str, what: str, dtype, device, verify_finite: bool):

@@ -72,11 +72,6 @@ class ScaleSchedule:
         return self.grids[-1]
 
     @property
-    def rope_grid(self) -> tuple[int, int]:
-        """RoPE positions are normalised to the template's 1M final grid, whatever the budget."""
-        return TEMPLATES[self.template][-1]
-
-    @property
     def image_hw(self) -> tuple[int, int]:
         h, w = self.final_grid
         return h * VAE_STRIDE, w * VAE_STRIDE

@@ -235,6 +235,3 @@ class T5TextEncoder:
         hidden_BLC = out.last_hidden_state
         features = TextEmbedding.from_padded(hidden_BLC.float(), mask_BL.sum(1).tolist())
         return features if output_device is None else features.to(output_device)
-
-    def __call__(self, prompts: list[str], output_device: str | torch.device | None = "cpu") -> TextEmbedding:
-        return self.encode(prompts, output_device)

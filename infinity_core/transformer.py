@@ -145,10 +145,3 @@ class InfinityTransformer(nn.Module):
             outputs.append(self.logits(self.forward_scale(x, si, state), state))
         self.free(state)
         return torch.cat(outputs, 1)
-
-
-def bits_logits_view(logits_BLV: torch.Tensor) -> torch.Tensor:
-    """`[B, L, 2d]` -> `[B, L*d, 2]`: one two-way classifier per bit (token-major, then bit)."""
-    return logits_BLV.reshape(logits_BLV.shape[0], -1, 2)
-
-

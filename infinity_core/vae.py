@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import ops as default_ops
 from .config import VAEConfig
-from .quantizer import quantize_multiscale, summed_codes
+from .quantizer import quantize_multiscale
 
 
 class Conv(nn.Module):
@@ -169,8 +169,3 @@ class BitwiseTokenizer(nn.Module):
     def decode(self, latent_BdHW: torch.Tensor) -> torch.Tensor:
         """Summed codes -> image in [-1, 1], in the latent's dtype."""
         return self.decoder(latent_BdHW.contiguous()).clamp(-1, 1)
-
-    def bits_to_image(self, bits_per_scale: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        final_HW = tuple(bits_per_scale[-1].shape[2:4])
-        codes = summed_codes(bits_per_scale, final_HW)
-        return codes, self.decode(codes.squeeze(2))

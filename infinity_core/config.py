@@ -88,6 +88,12 @@ class VAEConfig:
     def num_down(self) -> int:
         return self.patch_size.bit_length() - 1
 
+    @property
+    def patchify(self) -> bool:
+        """Stride-8 tokenizers (Infinity-8B's) put 2x2 latent cells into one transformer token, so images
+        stay 16 px per token either way."""
+        return self.patch_size == 8
+
 
 # Named presets: the reference's registered sizes (only 2B and 8B have released weights).
 INFINITY_PRESETS: dict[str, InfinityConfig] = {

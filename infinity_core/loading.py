@@ -88,10 +88,8 @@ def pair(transformer: InfinityConfig, tokenizer: VAEConfig, *, transformer_name:
          tokenizer_name: str = "the bitwise tokenizer") -> Pairing:
     """Check that the tokenizer's bit width matches the transformer's; return the token layout."""
     d_t, d, stride = transformer.bits_per_token, tokenizer.codebook_dim, tokenizer.patch_size
-    if stride == 16 and d == d_t:
-        return Pairing(False, d)
-    if stride == 8 and 4 * d == d_t:
-        return Pairing(True, d)
+    if stride in (8, 16) and d * (4 if tokenizer.patchify else 1) == d_t:
+        return Pairing(tokenizer.patchify, d)
     raise IncompatibleModelsError(
         f"{tokenizer_name} has {d} bits per latent cell (stride {stride}) but {transformer_name} predicts "
         f"{d_t} bits per token",

@@ -138,10 +138,12 @@ class InfinityTransformer(nn.Module):
         state = self.condition(text, schedule, device, compute_dtype)
         outputs, x = [], self.start_tokens(state)
         inputs = self.embed_bits(x_BLd_wo_first, state)
-        for si, n in enumerate(schedule.tokens_per_scale):
-            if si > 0:
-                start = schedule.offsets[si] - 1
-                x = inputs[:, start:start + n]
-            outputs.append(self.logits(self.forward_scale(x, si, state), state))
-        self.free(state)
+        try:
+            for si, n in enumerate(schedule.tokens_per_scale):
+                if si > 0:
+                    start = schedule.offsets[si] - 1
+                    x = inputs[:, start:start + n]
+                outputs.append(self.logits(self.forward_scale(x, si, state), state))
+        finally:
+            self.free(state)
         return torch.cat(outputs, 1)

@@ -153,7 +153,7 @@ class BitwiseTokenizer(nn.Module):
 
     @property
     def patchify(self) -> bool:
-        return self.config.patch_size == 8
+        return self.config.patchify
 
     def encode_features(self, image_B3HW: torch.Tensor) -> torch.Tensor:
         """Continuous encoder output `[B, d, H/stride, W/stride]` (float32)."""

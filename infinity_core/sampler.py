@@ -43,12 +43,16 @@ class SamplerSettings:
     cfg_insertion_layer: Sequence[int] = (0,)
 
     def validate(self, depth: int, num_scales: int) -> None:
-        """Raise SamplingError for settings that cannot run, before any model is loaded."""
-        self.per_scale(num_scales)
+        """Raise SamplingError for settings that cannot run (callers may check before loading models;
+        `sample` checks again)."""
+        _, taus = self.per_scale(num_scales)
         _guidance(self, depth)
         if not 0 <= self.top_p <= 1 or self.top_k < 0:
             raise SamplingError(f"top_k {self.top_k} / top_p {self.top_p} out of range",
                                 hint="top_k >= 0 (1 = greedy per bit), 0 <= top_p <= 1 (0 = off)")
+        if min(taus) <= 0:
+            raise SamplingError(f"tau must be above 0, got {min(taus)}",
+                                hint="tau divides the logits: 0.5 (Infinity-2B) or 1.0 (Infinity-8B)")
 
     def per_scale(self, n: int) -> tuple[list[float], list[float]]:
         def expand(value, name):
@@ -117,7 +121,7 @@ def _guidance(settings: SamplerSettings, depth: int) -> tuple[bool, frozenset[in
         if item == 0:
             on_logits = True
         elif item == 1:
-            log.warning("cfg_insertion_layer 1 applies no guidance (reference behaviour); the uncond half still runs")
+            pass  # the reference's quirk: the uncond half runs but guides nothing (warned in `sample`)
         elif -depth < item < 0:
             layers.add(depth + item)
         else:
@@ -153,9 +157,14 @@ def sample(
     """Generate `batch` images' bits. `teacher_bits[si]` (transformer or VAE layout) replaces the draw
     of scale si (the reference's gt_leak: image-to-image); `stop_after=k` keeps only scales < k."""
     B = batch or text.batch
+    if B < 1:
+        raise SamplingError(f"batch size must be at least 1, got {B}", hint="generate 1 or more images")
+    settings.validate(len(model.blocks), schedule.num_scales)
     n = schedule.num_scales if stop_after is None else max(1, min(stop_after, schedule.num_scales))
     cfg_list, tau_list = settings.per_scale(schedule.num_scales)
     on_logits, mix_layers = _guidance(settings, len(model.blocks))
+    if 1 in settings.cfg_insertion_layer:
+        log.warning("cfg_insertion_layer 1 applies no guidance (reference behaviour); the uncond half still runs")
     use_cfg = any(c != 1 for c in cfg_list)
     full_text = _guided_text(model, text, negative, B) if use_cfg else text.expand_to(B)
     device = torch.device(device) if device is not None else model.head.weight.device

@@ -164,7 +164,7 @@ def _merge_biases(sd: dict, prefix: str, parts: tuple[str, ...], target: str, wi
     for name in parts:
         t = sd.pop(prefix + name, None)
         tensors.append(t if t is not None else torch.zeros(width, dtype=torch.float32))
-    like = next(t for t in tensors if t.is_floating_point())
+    like = tensors[-1]  # v_bias: always in the file, in its storage dtype
     sd[prefix + target] = torch.cat([t.to(like.dtype) for t in tensors])
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import ResolutionError
 from .vae import BitwiseTokenizer
 
 
@@ -45,7 +46,7 @@ def from_rgb01(image_BHW3: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tens
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
         top, left = (nh - H) // 2, (nw - W) // 2
         x = x[..., top:top + H, left:left + W]
-    return (x + x - 1).contiguous()
+    return (x * 2 - 1).contiguous()
 
 
 def _ramp(n: int, overlap: int, at_start: bool, at_end: bool, device) -> torch.Tensor:
@@ -65,7 +66,8 @@ def decode_tiled(vae: BitwiseTokenizer, latent_BdHW: torch.Tensor, tile: int = 3
     GroupNorm statistics are per tile, so seams are possible where tiles differ; full decoding is exact.
     """
     if tile <= overlap:
-        raise ValueError(f"tile ({tile}) must be larger than the overlap ({overlap})")
+        raise ResolutionError(f"tile size {tile} must be larger than the tiles' overlap ({overlap} latent cells)",
+                              hint="use a tile size of 8 or more (32 is a good start), or 0 to decode whole")
     B, _, H, W = latent_BdHW.shape
     if H <= tile and W <= tile:
         return vae.decode(latent_BdHW)

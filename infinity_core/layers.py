@@ -88,7 +88,7 @@ class SelfAttention(nn.Module):
 
     def temperature(self, like: torch.Tensor) -> torch.Tensor:
         """Per-head multiplier of the cosine similarities, exp(min(s, log 100)), `[1, H, 1, 1]`."""
-        return _at(self.scale_mul_1H11, like).clamp_max(MAX_SCALE_MUL).exp()
+        return _at(self.scale_mul_1H11, like, torch.float32).clamp_max(MAX_SCALE_MUL).exp()  # fp32, as autocast
 
     def forward(self, h_BLC: torch.Tensor, rot_Lh: torch.Tensor, temperature: torch.Tensor, cache: KVCache,
                 cdt: torch.dtype):

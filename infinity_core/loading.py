@@ -29,6 +29,8 @@ def _read_config(read_config, sd, path, what: str):
     except KeyError as err:
         raise CheckpointError(f"{what} is missing tensor {err}", path=str(path),
                               hint="the file is incomplete; download it again") from None
+    except CheckpointError as err:
+        raise CheckpointError(err.message, path=str(path), hint=err.hint) from None
 
 
 def transformer_state_dict(path) -> tuple[InfinityConfig, dict[str, torch.Tensor]]:

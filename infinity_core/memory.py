@@ -5,7 +5,7 @@ import torch
 
 from .config import InfinityConfig, VAEConfig
 from .errors import MemoryBudgetError
-from .schedules import ScaleSchedule
+from .schedules import TEMPLATES, ScaleSchedule
 
 
 def dtype_bytes(dtype: torch.dtype) -> int:
@@ -31,22 +31,27 @@ def sampling_bytes(config: InfinityConfig, schedule: ScaleSchedule, batch: int, 
     logits = rows * L_last * config.bits_per_token * 2 * 4 * 3
     final_scale_kv = 2 * rows * L * C * 2 * dtype_bytes(dtype)  # one layer's concatenated keys/values
     stored_kv = kv_cache_bytes(config, schedule, rows, dtype, stored_only=True)
-    return stored_kv + final_scale_kv + text_kv + activations + logits
+    rope_rows = max(sum(h * w for h, w in grids) for grids in TEMPLATES.values())
+    rope_table = rope_rows * config.head_dim // 2 * 8  # complex64 rotations of the 1M schedule
+    return stored_kv + final_scale_kv + text_kv + activations + logits + rope_table
+
+
+def _full_resolution_peak(ch_mult, base_ch: int, image_hw, batch: int, dtype) -> int:
+    # The first full-resolution ResnetBlock receives the upsampled maps of the next level (mult[1]) and
+    # keeps its input, the normalised and activated copies and the conv output alive at once: four maps,
+    # next to the RGB image going in or out.
+    widest = base_ch * max(ch_mult[:2])
+    return batch * image_hw[0] * image_hw[1] * (4 * widest + 3) * dtype_bytes(dtype)
 
 
 def decode_bytes(config: VAEConfig, image_hw: tuple[int, int], batch: int, dtype: torch.dtype) -> int:
-    """Peak of the decoder: a few full-resolution feature maps of its widest full-size stage."""
-    H, W = image_hw
-    widest_full_res = config.base_ch * config.decoder_ch_mult[0]
-    widest_half_res = config.base_ch * config.decoder_ch_mult[min(1, len(config.decoder_ch_mult) - 1)]
-    per_image = H * W * max(3 * widest_full_res, 3 * widest_half_res // 4) * dtype_bytes(dtype)
-    return batch * per_image
+    """Peak working memory of the decoder (its full-resolution stage dominates)."""
+    return _full_resolution_peak(config.decoder_ch_mult, config.base_ch, image_hw, batch, dtype)
 
 
 def encode_bytes(config: VAEConfig, image_hw: tuple[int, int], batch: int, dtype: torch.dtype) -> int:
-    """Peak of the encoder: its full-resolution stage holds a few maps of base_ch * mult[0] channels."""
-    H, W = image_hw
-    return batch * H * W * 4 * config.base_ch * config.encoder_ch_mult[0] * dtype_bytes(dtype)
+    """Peak working memory of the encoder (its full-resolution stage dominates)."""
+    return _full_resolution_peak(config.encoder_ch_mult, config.base_ch, image_hw, batch, dtype)
 
 
 def available_bytes(device) -> int | None:

@@ -52,6 +52,8 @@ def generate(transformer: InfinityTransformer, tokenizer: BitwiseTokenizer, text
     if text is None:
         raise PromptError("the prompt is empty", hint="describe the picture you want, e.g. 'a red fox in the snow'")
     negative = encode_text(text_encoder, request.negative_prompt)
+    if text_encoder is not None and torch.device(device).type != "cpu":
+        text_encoder.to("cpu")  # its job is done: give the accelerator's memory to the sampler
     schedule = schedule_for_size(request.width, request.height, request.budget)
     guided = any(c != 1 for c in request.settings.per_scale(schedule.num_scales)[0])
     require_memory(sampling_bytes(transformer.config, schedule, request.batch, guided, compute_dtype),

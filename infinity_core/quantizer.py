@@ -11,7 +11,8 @@ Shape legend: B batch, d bits per latent cell, h/w grid of a scale, H/W final la
 """
 from __future__ import annotations
 
-import numpy as np
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 def bits_to_codes(bits_B1hwd: torch.Tensor) -> torch.Tensor:
     """Bits `[B, 1, h, w, d]` -> codes `[B, d, 1, h, w]`, each cell l2-normalised (float32)."""
     d = bits_B1hwd.shape[-1]
-    s = float(1 / np.sqrt(d))
+    s = 1 / math.sqrt(d)
     # the same two float32 operations as the reference (not a constant): entries are +-s/||.||
     codes = F.normalize(bits_B1hwd * s * 2 - s, dim=-1)
     return codes.permute(0, 4, 1, 2, 3)

@@ -15,7 +15,6 @@ import torch
 from .schedules import TEMPLATES
 
 ROPE_BASE = 10000.0
-ROPE_GRID = 128  # the reference's 2048 // 16 base grid
 
 
 def _positions(n: int, full: int) -> torch.Tensor:

@@ -156,7 +156,7 @@ def sample(
 ) -> SampleResult:
     """Generate `batch` images' bits. `teacher_bits[si]` (transformer or VAE layout) replaces the draw
     of scale si (the reference's gt_leak: image-to-image); `stop_after=k` keeps only scales < k."""
-    B = batch or text.batch
+    B = text.batch if batch is None else batch
     if B < 1:
         raise SamplingError(f"batch size must be at least 1, got {B}", hint="generate 1 or more images")
     settings.validate(len(model.blocks), schedule.num_scales)

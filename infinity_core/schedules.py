@@ -112,8 +112,8 @@ def schedule_for_size(width: int, height: int, budget: str = "1M") -> ScaleSched
                               hint=f"use a width and height between {MIN_SIDE} and {MAX_SIDE} px, e.g. 1024x1024; "
                                    "the pixel budget sets the output size, upscale afterwards for more")
     if max(width / height, height / width) > MAX_ASPECT:
-        raise ResolutionError(f"aspect ratio {width}x{height} is more extreme than Infinity's templates (3:1 at most)",
-                              hint="pick a width/height ratio between 1:3 and 3:1")
+        raise ResolutionError(f"aspect ratio {width}x{height} is beyond 4:1; Infinity's templates go from 1:3 to 3:1",
+                              hint="pick a width/height ratio between 1:3 and 3:1 (up to 4:1 is snapped to 3:1)")
     return ScaleSchedule(nearest_template(height / width), budget)
 
 

@@ -14,14 +14,19 @@ import re
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
+from .checkpoints import read_file
 from .conditioning import TextEmbedding
 from .errors import CheckpointError, PromptError
 
 logger = logging.getLogger(__name__)
 
 MAX_LENGTH = 512
+# transformers renamed from_pretrained's torch_dtype to dtype in 4.56; ComfyUI installs may be older
+_VERSION = tuple(int(p) for p in re.findall(r"\d+", transformers.__version__)[:2])
+_DTYPE_KW = "dtype" if _VERSION >= (4, 56) else "torch_dtype"
 _Q0 = "block.0.layer.0.SelfAttention.q.weight"
 _CORRUPT_HINT = "the file is incomplete or corrupt; re-download it"
 
@@ -42,7 +47,8 @@ def load_t5_tokenizer(tokenizer_dir: str | Path):
     else:
         raise CheckpointError("no T5 tokenizer files (tokenizer.json or spiece.model) found", path=str(folder),
                               hint="put the flan-t5 tokenizer files (tokenizer.json, tokenizer_config.json, "
-                                   "special_tokens_map.json) beside the encoder, or pass tokenizer_dir")
+                                   "special_tokens_map.json) beside the encoder, or name their folder "
+                                   "(command line: --tokenizer)")
     if tok.pad_token_id is None or tok.eos_token_id is None:
         raise CheckpointError("the tokenizer defines no <pad> or </s> token", path=str(folder),
                               hint="use the flan-t5 tokenizer files")
@@ -50,27 +56,13 @@ def load_t5_tokenizer(tokenizer_dir: str | Path):
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError("T5 encoder file not found", path=str(path), hint="check the file name")
-    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary code
-        except Exception as err:
-            raise CheckpointError(f"cannot read the T5 encoder file: {str(err).splitlines()[0][:200]}", path=str(path),
-                                  hint="convert it to .safetensors, or re-download it if it is incomplete") from err
-        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-    else:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        try:
-            sd = load_file(str(path))
-        except SafetensorError as err:
-            raise CheckpointError(f"cannot read the safetensors file: {err}", path=str(path),
-                                  hint=_CORRUPT_HINT) from err
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    """Tensors of a single T5 file, read safely by the same code as every other checkpoint."""
+    obj = read_file(path)
+    obj = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError("the file holds no plain tensor dictionary", path=str(path),
                               hint="use a .safetensors file")
-    return sd
+    return obj
 
 
 def _canonical_keys(sd: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
@@ -146,7 +138,7 @@ class T5TextEncoder:
         tokenizer = load_t5_tokenizer(tokenizer_dir or folder)
         from safetensors import SafetensorError
         try:  # HF keeps the FF output projections `wo` in fp32 when dtype is fp16 (_keep_in_fp32_modules)
-            model, info = T5EncoderModel.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
+            model, info = T5EncoderModel.from_pretrained(str(folder), **{_DTYPE_KW: dtype}, local_files_only=True,
                                                          weights_only=True, output_loading_info=True)
         except SafetensorError as err:
             raise CheckpointError(f"cannot read the T5 weights: {err}", path=str(folder), hint=_CORRUPT_HINT) from err

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from . import ops as default_ops
 from .config import VAEConfig
+from .errors import CheckpointError
 from .quantizer import quantize_multiscale
 
 
@@ -158,7 +159,8 @@ class BitwiseTokenizer(nn.Module):
     def encode_features(self, image_B3HW: torch.Tensor) -> torch.Tensor:
         """Continuous encoder output `[B, d, H/stride, W/stride]` (float32)."""
         if self.encoder is None:
-            raise RuntimeError("this bitwise tokenizer file holds only a decoder; encoding needs the full file")
+            raise CheckpointError("this bitwise tokenizer holds only a decoder, so it cannot encode images",
+                                  hint="load the full tokenizer file (e.g. infinity_vae_d32reg.pth) for encoding")
         # contiguous: CPU GroupNorm on channels-last input is far less precise (5e-4 vs 1e-6 here)
         return self.encoder(image_B3HW.contiguous()).float()
 

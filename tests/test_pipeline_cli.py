@@ -1,13 +1,17 @@
 """End to end: the pipeline, the command line (generate / selfcheck / convert / info), memory refusal."""
+import copy
 import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from infinity_core import cli
-from infinity_core.errors import MemoryBudgetError, PromptError
+from infinity_core.errors import MemoryBudgetError, PromptError, ResolutionError, SamplingError
 from infinity_core.images import decode_tiled, from_rgb01, preview_rgb
 from infinity_core.pipeline import GenerationRequest, generate
+from infinity_core.sampler import SamplerSettings, make_generators, sample
+from infinity_core.schedules import ScaleSchedule
 
 
 def request(prompt, **kw):
@@ -40,17 +44,51 @@ def test_a_run_that_cannot_fit_is_refused_before_allocating(tiny_transformer, ti
 
 def test_tiled_decode_matches_whole_decode_when_one_tile_covers_it(tiny_tokenizer):
     z = torch.randn(1, 16, 12, 20)
-    whole = tiny_tokenizer.decode(z)
-    assert torch.equal(decode_tiled(tiny_tokenizer, z, tile=32), whole)
-    tiled = decode_tiled(tiny_tokenizer, z, tile=8, overlap=2)
-    assert tiled.shape == whole.shape and tiled.abs().max() <= 1
+    assert torch.equal(decode_tiled(tiny_tokenizer, z, tile=32), tiny_tokenizer.decode(z))
+    with pytest.raises(ResolutionError, match="HINT"):
+        decode_tiled(tiny_tokenizer, z, tile=4, overlap=4)
+
+
+def test_tiles_are_placed_and_blended_exactly(tiny_tokenizer, monkeypatch):
+    """With a purely local decoder (each latent cell -> its own 16x16 pixels), tiling must be invisible."""
+    def local_decoder(z):
+        return F.interpolate(z[:, :3], scale_factor=16, mode="nearest")
+    monkeypatch.setattr(tiny_tokenizer.decoder, "forward", local_decoder)
+    z = torch.rand(2, 16, 24, 40) * 2 - 1
+    assert torch.allclose(decode_tiled(tiny_tokenizer, z, tile=8, overlap=2), tiny_tokenizer.decode(z), atol=1e-6)
 
 
 def test_input_images_are_cover_cropped_to_the_schedule():
-    image = torch.rand(1, 300, 500, 3)
+    image = torch.zeros(1, 300, 500, 3)
+    image[:, 148:152, 248:252] = 1.0  # a marker at the centre
     x = from_rgb01(image, (256, 256))
     assert x.shape == (1, 3, 256, 256) and -1 <= x.min() and x.max() <= 1 and x.is_contiguous()
+    ys, xs = torch.nonzero(x[0, 0] > 0, as_tuple=True)
+    assert abs(ys.float().mean() - 127.5) < 1.5 and abs(xs.float().mean() - 127.5) < 1.5
     assert preview_rgb(torch.randn(2, 16, 1, 4, 4)).shape == (2, 256, 256, 3)
+
+
+@pytest.mark.parametrize("storage,compute", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16),
+                                             (torch.float16, torch.float16), (torch.float8_e4m3fn, torch.float32)])
+def test_reduced_precision_weights_and_compute_sample_close_to_float32(tiny_transformer, prompt, storage, compute):
+    schedule = ScaleSchedule(1.0, "0.06M")
+    reference = sample(tiny_transformer, prompt, schedule, generators=make_generators(3, 1),
+                       settings=SamplerSettings(top_k=1))
+    low = copy.deepcopy(tiny_transformer).to(storage)
+    result = sample(low, prompt, schedule, generators=make_generators(3, 1), settings=SamplerSettings(top_k=1),
+                    compute_dtype=compute)
+    agreement = [(a == b).float().mean().item() for a, b in zip(result.bits, reference.bits)]
+    assert sum(agreement) / len(agreement) > 0.8, agreement  # unrelated bits would agree half the time
+
+
+@pytest.mark.parametrize("settings,batch,needle", [(SamplerSettings(tau=0.0), 1, "tau"),
+                                                   (SamplerSettings(top_p=1.5), 1, "top_p"),
+                                                   (SamplerSettings(), 0, "batch")])
+def test_impossible_sampler_settings_are_refused_with_a_hint(tiny_transformer, tiny_tokenizer, prompt, settings,
+                                                             batch, needle):
+    with pytest.raises(SamplingError, match=needle) as err:
+        generate(tiny_transformer, tiny_tokenizer, None, request(prompt, batch=batch, settings=settings))
+    assert "HINT" in str(err.value)
 
 
 def test_cli_generate_without_files_names_every_missing_file(capsys):

@@ -156,7 +156,7 @@ def test_truncated_file(files, tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="HINT") as err:
         T5TextEncoder.from_single_file(path, tokenizer_dir=TOKENIZER_DIR)
-    assert "t5_broken.safetensors" in str(err.value) and "re-download" in str(err.value)
+    assert "t5_broken.safetensors" in str(err.value) and "download it again" in str(err.value)
 
 
 def test_incomplete_encoder(files, tmp_path):

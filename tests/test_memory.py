@@ -1,0 +1,41 @@
+"""The memory estimates that decide refusals and ComfyUI's offloading hold against measured peaks."""
+import pytest
+import torch
+
+from infinity_core.config import InfinityConfig, VAEConfig
+from infinity_core.memory import decode_bytes, encode_bytes, sampling_bytes
+from infinity_core.random_models import random_tokenizer, random_transformer
+from infinity_core.sampler import make_generators, sample
+from infinity_core.schedules import ScaleSchedule
+from live_bytes import LiveBytes
+
+WIDE = InfinityConfig(depth=4, embed_dim=256, num_heads=4, bits_per_token=32, text_channels=256)
+
+
+def measured(fn) -> int:
+    meter = LiveBytes()
+    with meter, torch.no_grad():
+        fn()
+    return meter.peak
+
+
+@pytest.mark.parametrize("config", ["tiny", "wide"])
+@pytest.mark.parametrize("budget,batch", [("0.06M", 1), ("0.25M", 1), ("0.06M", 2)])
+def test_sampling_estimate_bounds_the_peak(config, budget, batch, tiny_config, prompt):
+    cfg = tiny_config if config == "tiny" else WIDE
+    model = random_transformer(cfg, seed=0)
+    text = prompt if cfg.text_channels == 128 else prompt.null_like(torch.randn(512, 256))
+    schedule = ScaleSchedule(1.0, budget)
+    peak = measured(lambda: sample(model, text, schedule, generators=make_generators(0, batch), batch=batch))
+    estimate = sampling_bytes(cfg, schedule, batch, True, torch.float32, text_tokens=text.lens[0])
+    assert peak <= estimate <= 1.5 * peak, (peak, estimate)
+
+
+def test_tokenizer_estimates_bound_the_peaks():
+    cfg = VAEConfig(codebook_dim=16, base_ch=32)  # the released layout (1,2,4,4,4) at a quarter width
+    vae = random_tokenizer(cfg)
+    hw = (256, 256)
+    decode_peak = measured(lambda: vae.decode(torch.randn(1, 16, 16, 16)))
+    encode_peak = measured(lambda: vae.encode_features(torch.randn(1, 3, *hw)))
+    assert decode_peak <= decode_bytes(cfg, hw, 1, torch.float32) <= 2 * decode_peak
+    assert encode_peak <= encode_bytes(cfg, hw, 1, torch.float32) <= 2 * encode_peak

@@ -4,63 +4,79 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io, ui
 
-from ..infinity_core.errors import CheckpointError, IncompatibleModelsError, ResolutionError
+from ..infinity_core.errors import CheckpointError, ResolutionError
 from ..infinity_core.images import decode_tiled, from_rgb01, to_rgb01
 from ..infinity_core.memory import decode_bytes, encode_bytes
 from ..infinity_core.quantizer import summed_codes
-from ..infinity_core.schedules import PIXEL_BUDGETS, schedule_for_size
+from ..infinity_core.schedules import MAX_SIDE
 from . import comfy_glue as glue
-from .types import BUDGETS, InfinityVAE, TokenizerHandle, about, latent_samples, pack_latent
+from .types import BUDGETS, InfinityVAE, TokenizerHandle, latent_samples, pack_latent, schedule_for_widgets
 
 MIN_TILE = 8  # decode_tiled blends 4-cell overlaps
 
 
+def _in_chunks(vae: TokenizerHandle, batch: int, per_image: int, what: str, hint: str, run) -> list:
+    """Load the tokenizer for one image's work, then `run(start, stop)` on as many images at a time as the
+    free memory holds, checking for Cancel between chunks."""
+    glue.load_models([vae.patcher], per_image, what, hint=hint)
+    chunk = max(1, min(batch, glue.free_memory(vae.patcher.load_device) // max(per_image, 1)))
+    results = []
+    for start in range(0, batch, chunk):
+        with torch.no_grad():
+            results.append(run(start, min(start + chunk, batch)))
+        glue.throw_if_interrupted()
+    return results
+
+
 def decode_latent(vae: TokenizerHandle, latent: dict, tile_size: int) -> torch.Tensor:
     """`[B, H, W, 3]` in 0..1 on the intermediate device; batches are split to what fits in free memory."""
-    samples, info = latent_samples(latent, "samples", vae.config.codebook_dim, vae.name)
-    if info is not None and bool(info.get("patchify")) != vae.patchify:
-        raise IncompatibleModelsError(f"vae: {vae.name} has stride {vae.config.patch_size}, which does not match the "
-                                      "model that made this latent", hint="use the tokenizer that matches the model")
+    samples, _ = latent_samples(latent, "samples", vae.config.codebook_dim, vae.patchify, vae.name)
     if 0 < tile_size < MIN_TILE:
         raise ResolutionError(f"tile_size: {tile_size} latent cells is too small for overlapping tiles",
                               hint=f"use 0 (no tiling) or at least {MIN_TILE}")
     B, _, H, W = samples.shape
     f, tile = vae.config.patch_size, tile_size if 0 < tile_size < max(H, W) else 0
-    per_image = decode_bytes(vae.config, ((tile or H) * f, (tile or W) * f), 1, vae.dtype)
-    glue.load_models([vae.patcher], per_image, f"decoding a {W * f}x{H * f} image",
-                     hint="set tile_size (e.g. 32) to decode in tiles")
-    device, decoder = vae.patcher.load_device, vae.patcher.model
-    chunk = max(1, min(B, glue.free_memory(device) // max(per_image, 1)))
-    images = []
-    for start in range(0, B, chunk):
-        z = samples[start:start + chunk].to(device, vae.dtype)
-        with torch.no_grad():
-            decoded = decode_tiled(decoder, z, tile) if tile else decoder.decode(z)
-        images.append(to_rgb01(decoded).to(glue.intermediate_device()))
-        glue.throw_if_interrupted()
-    return torch.cat(images)
+    decoder = vae.patcher.model
+
+    def run(start, stop):
+        z = samples[start:stop].to(vae.patcher.load_device, vae.dtype)
+        return to_rgb01(decode_tiled(decoder, z, tile) if tile else decoder.decode(z)).to(glue.intermediate_device())
+    return torch.cat(_in_chunks(vae, B, decode_bytes(vae.config, ((tile or H) * f, (tile or W) * f), 1, vae.dtype),
+                                f"decoding a {W * f}x{H * f} image", "set tile_size (e.g. 32) to decode in tiles", run))
+
+
+def _target_size(image_hw: tuple[int, int], width: int, height: int) -> tuple[int, int, str]:
+    """(width, height, widget) to snap: both widgets, or the image's own size when both are 0."""
+    if width and height:
+        return width, height, "width/height"
+    if width or height:
+        given, missing = ("width", "height") if width else ("height", "width")
+        raise ResolutionError(f"{given}: {width or height} with {missing} 0; only the aspect ratio of width and "
+                              "height is used (the budget sets the size)",
+                              hint=f"set {missing} too, or set both to 0 to keep the image's own aspect ratio")
+    return image_hw[1], image_hw[0], "image size"
 
 
 def encode_image(vae: TokenizerHandle, image: torch.Tensor, width: int, height: int, budget: str):
-    """An IMAGE scaled/cropped to the schedule's size, quantised scale by scale: (LATENT, schedule)."""
+    """An IMAGE scaled/cropped to the schedule's size, quantised scale by scale: (LATENT, schedule).
+    Batches are split to what fits in free memory."""
     if not vae.config.has_encoder:
         raise CheckpointError(f"vae: {vae.name} holds only the decoder; encoding needs the encoder too",
                               hint="load the full bitwise tokenizer file (e.g. infinity_vae_d32reg.pth)")
     if image.ndim != 4 or image.shape[-1] < 3:
         raise ResolutionError(f"image: expected an IMAGE [B, H, W, 3], got {tuple(image.shape)}",
                               hint="connect an image (e.g. from Load Image)")
-    if budget not in PIXEL_BUDGETS:
-        raise ResolutionError(f"budget: unknown pixel budget {budget!r}", hint=f"use one of {BUDGETS}")
-    B, H, W, _ = image.shape
-    w, h = (W, H) if width == 0 or height == 0 else (width, height)
-    with about("width/height" if (width and height) else "image size"):
-        schedule = schedule_for_size(w, h, budget)
+    w, h, size_widget = _target_size(tuple(image.shape[1:3]), width, height)
+    schedule = schedule_for_widgets(w, h, budget, size_widget)
     grids = schedule.vae_grids(vae.patchify)
-    glue.load_models([vae.patcher], encode_bytes(vae.config, schedule.image_hw, B, vae.dtype),
-                     f"encoding {B} image(s)", hint="encode fewer images at once or pick a smaller budget")
-    x = from_rgb01(image.float(), schedule.image_hw).to(vae.patcher.load_device, vae.dtype)
-    with torch.no_grad():
-        _, bits = vae.patcher.model.image_to_bits(x, grids)
+
+    def run(start, stop):
+        x = from_rgb01(image[start:stop].float(), schedule.image_hw).to(vae.patcher.load_device, vae.dtype)
+        return vae.patcher.model.image_to_bits(x, grids)[1]
+    chunks = _in_chunks(vae, image.shape[0], encode_bytes(vae.config, schedule.image_hw, 1, vae.dtype),
+                        f"encoding a {schedule.image_hw[1]}x{schedule.image_hw[0]} image",
+                        "pick a smaller budget", run)
+    bits = [torch.cat(per_scale) for per_scale in zip(*chunks)]
     samples = summed_codes(bits, grids[-1]).squeeze(2)  # exactly what the sampler sums from these bits
     return pack_latent(samples, bits, schedule, vae.patchify, glue.intermediate_device()), schedule
 
@@ -77,8 +93,8 @@ class InfinityDecode(io.ComfyNode):
                 io.Latent.Input("samples", tooltip="Latent from Infinity Sampler or Infinity Encode."),
                 InfinityVAE.Input("vae", tooltip="The bitwise tokenizer that matches the transformer."),
                 io.Int.Input("tile_size", default=0, min=0, max=512, step=8,
-                             tooltip="Decode in tiles of this many latent cells (16 px each) to save memory; "
-                                     "0 = whole image (exact). Tiles may show faint seams."),
+                             tooltip="Decode in tiles of this many latent cells (16 px each, 8 px with Infinity-8B's "
+                                     "tokenizer) to save memory; 0 = whole image (exact). Tiles may show faint seams."),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The decoded images.")],
         )
@@ -100,10 +116,11 @@ class InfinityEncode(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="The image to encode."),
                 InfinityVAE.Input("vae", tooltip="The bitwise tokenizer (full file, with its encoder)."),
-                io.Int.Input("width", default=0, min=0, max=16384, step=16,
-                             tooltip="Target width, snapped to the nearest template; 0 (with height 0) = the "
-                                     "image's own aspect ratio."),
-                io.Int.Input("height", default=0, min=0, max=16384, step=16,
+                io.Int.Input("width", default=0, min=0, max=MAX_SIDE, step=16,
+                             tooltip="With height: the aspect ratio to encode at, snapped to the nearest template "
+                                     "(the budget sets the size). Both 0 = the image's own aspect ratio; setting "
+                                     "only one of them is an error."),
+                io.Int.Input("height", default=0, min=0, max=MAX_SIDE, step=16,
                              tooltip="Target height; see width."),
                 io.Combo.Input("budget", options=BUDGETS, default="1M",
                                tooltip="Pixel budget of the latent (1M is about 1024x1024); the sampler uses it."),

@@ -11,24 +11,25 @@ import torch.nn.functional as F
 from comfy_api.latest import io, ui
 from PIL import Image
 
-from ..infinity_core.errors import IncompatibleModelsError, PromptError, ResolutionError, SamplingError
+from ..infinity_core.errors import IncompatibleModelsError, PromptError, SamplingError
 from ..infinity_core.images import preview_rgb, to_rgb01
 from ..infinity_core.loading import pair
 from ..infinity_core.memory import decode_bytes, sampling_bytes
 from ..infinity_core.quantizer import token_bits_to_vae
 from ..infinity_core.sampler import SamplerSettings, make_generators, sample
-from ..infinity_core.schedules import MAX_SIDE, MIN_SIDE, PIXEL_BUDGETS, schedule_for_size
+from ..infinity_core.schedules import MAX_SIDE, MIN_SIDE
 from . import comfy_glue as glue
 from .types import (BUDGETS, Conditioning, InfinityConditioning, InfinityModel, InfinityVAE, LatentView, ModelHandle,
-                    TokenizerHandle, about, pack_latent, read_latent, teacher_bits)
+                    TokenizerHandle, about, pack_latent, read_latent, schedule_for_widgets, teacher_bits)
 
 TOP_P = 0.97  # the reference's gen_one_img default (its top_k=900 keeps both values of a bit: off)
 PROMPT_HINT = "type what the picture should show into the Infinity Text Encode node, e.g. 'a red fox in the snow'"
 
 
 # ---- parsing the widgets ------------------------------------------------------------------------
-def _per_scale(text: str, scalar: float, n: int, widget: str):
-    """A comma list from a widget, one value per scale; empty text means the scalar for every scale."""
+def _per_scale(text: str, scalar: float, widget: str):
+    """A comma list from a widget (one value per scale; SamplerSettings.validate checks the length); empty
+    text means the scalar for every scale, and so does a single number."""
     if not text.strip():
         return scalar
     try:
@@ -36,10 +37,21 @@ def _per_scale(text: str, scalar: float, n: int, widget: str):
     except ValueError:
         raise SamplingError(f"{widget}: '{text}' is not a comma-separated list of numbers",
                             hint="write e.g. '3, 3, 4', or leave it empty to use the single value") from None
-    if len(values) < n:
-        raise SamplingError(f"{widget}: {len(values)} values for a schedule of {n} scales",
-                            hint=f"give {n} values (extra ones are ignored), or leave it empty")
-    return tuple(values)
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _settings(model: ModelHandle, n: int, cfg: float, tau: float, cfg_list: str, tau_list: str, top_k: int,
+              top_p: float, cfg_insertion_layer: int) -> SamplerSettings:
+    """The sampler settings from the widgets, validated before any model is loaded. SamplerSettings.validate
+    runs once per widget (the others at their valid defaults) so that an error names the widget."""
+    fields = {"cfg_list" if cfg_list.strip() else "cfg": dict(cfg=_per_scale(cfg_list, cfg, "cfg_list")),
+              "tau_list" if tau_list.strip() else "tau": dict(tau=_per_scale(tau_list, tau, "tau_list")),
+              "cfg_insertion_layer": dict(cfg_insertion_layer=(cfg_insertion_layer,)),
+              "top_k/top_p": dict(top_k=top_k, top_p=top_p)}
+    for widget, values in fields.items():
+        with about(widget):
+            SamplerSettings(**values).validate(model.config.depth, n)
+    return SamplerSettings(**{k: v for values in fields.values() for k, v in values.items()})
 
 
 def _schedule(model: ModelHandle, width: int, height: int, budget: str, latent) -> tuple:
@@ -47,10 +59,7 @@ def _schedule(model: ModelHandle, width: int, height: int, budget: str, latent) 
     if latent is not None:
         view = read_latent(latent, "latent_image", model.cell_bits, model.patchify, model.name)
         return view.schedule, view
-    if budget not in PIXEL_BUDGETS:
-        raise ResolutionError(f"budget: unknown pixel budget {budget!r}", hint=f"use one of {BUDGETS}")
-    with about("width/height"):
-        return schedule_for_size(width, height, budget), None
+    return schedule_for_widgets(width, height, budget), None
 
 
 def _teacher_scales(n: int, view: LatentView | None, denoise: float, regenerate_from_scale: int) -> int:
@@ -81,14 +90,14 @@ def _batch(view: LatentView | None, batch_size: int) -> tuple[int, LatentView | 
 
 
 def _text(model: ModelHandle, cond: Conditioning, batch: int, widget: str):
+    """The prompt(s) checked against the model and expanded to one per image."""
     emb = cond.embedding
     if emb.channels != model.config.text_channels:
         raise IncompatibleModelsError(f"{widget}: the text features are {emb.channels} wide but {model.name} "
                                       f"reads {model.config.text_channels}-wide T5 features",
                                       hint="load flan-t5-xl in the Infinity Text Encoder Loader")
     with about(widget):
-        emb.expand_to(batch)
-    return emb
+        return emb.expand_to(batch)
 
 
 def _texts(model: ModelHandle, positive: Conditioning, negative: Conditioning | None, batch: int):
@@ -131,7 +140,6 @@ def _previewer(grids, vae: TokenizerHandle | None):
 
 def _run(model: ModelHandle, schedule, texts, settings: SamplerSettings, seed: int, batch: int, teacher,
          stop_after: int, vae: TokenizerHandle | None, node_id):
-    settings.validate(model.config.depth, schedule.num_scales)
     cfg_values, _ = settings.per_scale(schedule.num_scales)
     need = sampling_bytes(model.config, schedule, batch, any(c != 1 for c in cfg_values), model.compute_dtype)
     if vae is not None:  # previews decode at most PREVIEW_SIZE px
@@ -209,9 +217,7 @@ class InfinitySampler(io.ComfyNode):
         schedule, view = _schedule(model, width, height, budget, latent_image)
         n = schedule.num_scales
         k = _teacher_scales(n, view, denoise, regenerate_from_scale)
-        settings = SamplerSettings(cfg=_per_scale(cfg_list, cfg, n, "cfg_list"),
-                                   tau=_per_scale(tau_list, tau, n, "tau_list"),
-                                   top_k=top_k, top_p=top_p, cfg_insertion_layer=(cfg_insertion_layer,))
+        settings = _settings(model, n, cfg, tau, cfg_list, tau_list, top_k, top_p, cfg_insertion_layer)
         batch, view = _batch(view, batch_size)
         texts = _texts(model, positive, negative, batch)
         _check_vae(model, vae)
@@ -233,9 +239,10 @@ class InfinitySamplerAdvanced(InfinitySampler):
                               "regenerating from a chosen scale, stopping early, and exact previews from a VAE.")
         schema.inputs = cls.sampler_inputs() + [
             io.String.Input("cfg_list", default="",
-                            tooltip="Per-scale cfg, comma-separated (one per scale); empty = use cfg everywhere."),
+                            tooltip="Per-scale cfg, comma-separated, one per scale (extra ones are ignored); empty = "
+                                    "use cfg everywhere."),
             io.String.Input("tau_list", default="",
-                            tooltip="Per-scale tau, comma-separated; empty = use tau everywhere."),
+                            tooltip="Per-scale tau, comma-separated, one per scale; empty = use tau everywhere."),
             io.Int.Input("cfg_insertion_layer", default=0, min=-128, max=1,
                          tooltip="Where guidance mixes: 0 = on the logits (all releases); -k = on the hidden state "
                                  "after layer depth-k; 1 = the reference's no-guidance quirk."),

@@ -9,6 +9,7 @@ that image's samples; other images are re-quantised from their samples.
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,10 @@ from ..infinity_core.conditioning import TextEmbedding
 from ..infinity_core.config import InfinityConfig, VAEConfig
 from ..infinity_core.errors import IncompatibleModelsError, InfinityError, ResolutionError
 from ..infinity_core.quantizer import quantize_multiscale, summed_codes
-from ..infinity_core.schedules import PIXEL_BUDGETS, ScaleSchedule, schedule_for_final_grid
+from ..infinity_core.schedules import (PIXEL_BUDGETS, TEMPLATES, ScaleSchedule, schedule_for_final_grid,
+                                       schedule_for_size)
+
+log = logging.getLogger(__name__)
 
 InfinityModel = io.Custom("INFINITY_MODEL")
 InfinityVAE = io.Custom("INFINITY_VAE")
@@ -60,7 +64,7 @@ class TokenizerHandle:
 
     @property
     def patchify(self) -> bool:
-        return self.config.patch_size == 8
+        return self.config.patchify
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +97,14 @@ def about(widget: str):
         raise type(err)(f"{widget}: {err.message}", hint=err.hint, path=err.path) from err
 
 
+def schedule_for_widgets(width: int, height: int, budget: str, size_widget: str = "width/height") -> ScaleSchedule:
+    """width/height snapped to a template (errors name `size_widget`) at the pixel budget (errors name `budget`)."""
+    with about(size_widget):
+        template = schedule_for_size(width, height).template
+    with about("budget"):
+        return ScaleSchedule(template, budget)
+
+
 # ---- LATENT ------------------------------------------------------------------------------------
 def pack_latent(samples_BdHW: torch.Tensor, bits: list[torch.Tensor], schedule: ScaleSchedule, patchify: bool,
                 device) -> dict:
@@ -111,28 +123,48 @@ class LatentView:
     bits: list[torch.Tensor] | None
 
 
-def latent_samples(latent, widget: str, bits_per_cell: int, reader: str) -> tuple[torch.Tensor, dict | None]:
-    """The samples of a LATENT for `reader` (a model or tokenizer name) with `bits_per_cell` channels, checked."""
+def _infinity_info(latent: dict, widget: str) -> dict | None:
+    """The LATENT's "infinity" entry if it is complete; a partial or damaged one is ignored like a missing one
+    (the schedule is then re-derived from the samples' grid and the bits re-quantised)."""
+    info = latent.get(LATENT_KEY)
+    if info is None:
+        return None
+    bits = info.get("bits") if isinstance(info, dict) else None
+    if (isinstance(bits, (list, tuple)) and all(isinstance(b, torch.Tensor) and b.ndim == 5 for b in bits)
+            and info.get("template") in TEMPLATES and info.get("budget") in PIXEL_BUDGETS
+            and isinstance(info.get("patchify"), bool)):
+        return info
+    log.warning("%s: ignoring an incomplete %r entry of the LATENT; its schedule and bits are re-derived from "
+                "its samples", widget, LATENT_KEY)
+    return None
+
+
+def latent_samples(latent, widget: str, bits_per_cell: int, patchify: bool,
+                   reader: str) -> tuple[torch.Tensor, dict | None]:
+    """The samples of a LATENT for `reader` (a model or tokenizer name) with `bits_per_cell` channels and
+    the given spatial patchify, checked; plus its complete "infinity" entry, if any."""
     samples = latent.get("samples") if isinstance(latent, dict) else None
     if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
         shape = None if samples is None else tuple(samples.shape)
         raise ResolutionError(f"{widget}: expected an image LATENT [B, C, H, W], got {shape}", hint=FOREIGN_LATENT_HINT)
-    info = latent.get(LATENT_KEY)
+    info = _infinity_info(latent, widget)
     if samples.shape[1] != bits_per_cell:
         made_by = "an Infinity model with other bits" if info else "another model family"
         raise IncompatibleModelsError(f"{widget}: the LATENT has {samples.shape[1]} channels but {reader} works "
                                       f"with {bits_per_cell} bits per latent cell (it comes from {made_by})",
                                       hint=FOREIGN_LATENT_HINT if not info else
                                       "encode the image again with the tokenizer that matches this model")
-    return samples, info if isinstance(info, dict) else None
+    if info is not None and info["patchify"] != patchify:
+        made, works = ("with" if on else "without" for on in (info["patchify"], patchify))
+        raise IncompatibleModelsError(f"{widget}: the LATENT was made {made} spatial patchify (2x2 latent cells "
+                                      f"per token) but {reader} works {works} it",
+                                      hint="use the tokenizer that matches the model, and spatial_patchify auto in "
+                                           "the Infinity Transformer Loader")
+    return samples, info
 
 
 def read_latent(latent, widget: str, bits_per_cell: int, patchify: bool, reader: str) -> LatentView:
-    samples, info = latent_samples(latent, widget, bits_per_cell, reader)
-    if info is not None and bool(info.get("patchify")) != patchify:
-        raise IncompatibleModelsError(f"{widget}: the LATENT was made {'with' if info['patchify'] else 'without'} "
-                                      f"spatial patchify, the model runs {'with' if patchify else 'without'} it",
-                                      hint="set the transformer loader's spatial_patchify to auto")
+    samples, info = latent_samples(latent, widget, bits_per_cell, patchify, reader)
     hw = tuple(samples.shape[-2:])
     schedule = None
     if info is not None:
@@ -142,7 +174,7 @@ def read_latent(latent, widget: str, bits_per_cell: int, patchify: bool, reader:
     if schedule is None:
         raise ResolutionError(f"{widget}: a {hw[0]}x{hw[1]} latent grid is not the final grid of any Infinity "
                               "aspect-ratio template and pixel budget", hint=FOREIGN_LATENT_HINT)
-    bits = info.get("bits") if info is not None else None
+    bits = info["bits"] if info is not None else None
     return LatentView(samples, schedule, patchify, list(bits) if bits else None)
 
 

@@ -357,6 +357,13 @@ def test_advanced_preview_with_vae_and_settings(env, models):
     assert env.mm.LOAD_CALLS[0]["models"] == [models.model.patcher, models.vae.patcher]
 
 
+def test_a_single_number_in_a_list_widget_applies_to_every_scale(env, models):
+    plain = first(sampler(env, models, node="InfinitySamplerAdvanced", seed=4, cfg=2.0, tau=0.7, stop_after_scale=3))
+    listed = first(sampler(env, models, node="InfinitySamplerAdvanced", seed=4, cfg_list="2", tau_list="0.7",
+                           stop_after_scale=3))
+    assert torch.equal(plain["samples"], listed["samples"])
+
+
 def test_stop_early_then_continue_equals_a_full_run(env, models):
     full = first(sampler(env, models, seed=3))
     env.utils.UPDATES.clear()
@@ -385,6 +392,42 @@ def test_encode_size_from_image_aspect(env, models, gradient_image):
     out = run(env, "InfinityEncode", image=gradient_image[:, :, :200], vae=models.vae, width=0, height=0,
               budget="0.06M")  # 300x200 (h x w): h/w 1.5
     assert first(out)["samples"].shape[-2:] == (21, 14) and "224x336 px" in out.ui.as_dict()["text"][0]
+
+
+def test_encode_width_or_height_alone_is_refused(env, models, gradient_image):
+    schema = {i.id: i for i in env.nodes["InfinityEncode"].GET_SCHEMA().inputs}
+    max_side = env.core("schedules").MAX_SIDE
+    assert (schema["width"].min, schema["width"].max) == (schema["height"].min, schema["height"].max) == (0, max_side)
+    resolution = env.core("errors").ResolutionError
+    for width, height, named, missing in ((512, 0, "width", "height"), (0, 768, "height", "width")):
+        err = expect_error(lambda: run(env, "InfinityEncode", image=gradient_image, vae=models.vae, width=width,
+                                       height=height, budget="0.06M"), f"{named}: ", f"set {missing} too",
+                           kind=resolution)
+        assert "both to 0" in err.hint
+    assert not env.mm.LOAD_CALLS
+
+
+def test_encode_splits_a_batch_to_the_free_memory(env, models, gradient_image, monkeypatch):
+    memory, schedules = env.core("memory"), env.core("schedules")
+    pair = torch.cat([gradient_image, gradient_image.flip(1)])
+    singles = [first(run(env, "InfinityEncode", image=pair[i:i + 1], vae=models.vae, **SIZE)) for i in range(2)]
+    env.mm.LOAD_CALLS.clear()
+    env.mm.FREE_MEMORY = 1  # one image per encoder call
+    calls, tokenizer = [], models.vae.patcher.model
+    image_to_bits = tokenizer.image_to_bits
+    monkeypatch.setitem(tokenizer.__dict__, "image_to_bits",
+                        lambda x, grids: calls.append(x.shape[0]) or image_to_bits(x, grids))
+    both = first(run(env, "InfinityEncode", image=pair, vae=models.vae, **SIZE))
+    assert calls == [1, 1]
+    per_image = memory.encode_bytes(models.vae.config, schedules.ScaleSchedule(1.0, "0.06M").image_hw, 1,
+                                    torch.float32)
+    assert [c["memory_required"] for c in env.mm.LOAD_CALLS] == [per_image]
+    assert torch.equal(both["samples"], torch.cat([s["samples"] for s in singles]))
+    for si, bits in enumerate(both["infinity"]["bits"]):
+        assert torch.equal(bits, torch.cat([s["infinity"]["bits"][si] for s in singles]))
+    env.mm.interrupt_current_processing(True)  # Cancel is checked after every chunk
+    with pytest.raises(env.mm.InterruptProcessingException):
+        run(env, "InfinityEncode", image=pair, vae=models.vae, **SIZE)
 
 
 def test_image_to_image_with_every_scale_kept_reproduces_the_image(env, models, encoded):
@@ -419,6 +462,16 @@ def test_bits_survive_core_latent_nodes(env, models, encoded):
     assert single["samples"].shape[0] == 2
 
 
+@pytest.mark.parametrize("info", [{"template": 1.0}, "junk",
+                                  {"bits": None, "template": 1.0, "budget": "0.06M", "patchify": False},
+                                  {"bits": [], "template": 7.0, "budget": "0.06M", "patchify": False}])
+def test_a_damaged_infinity_entry_is_treated_as_missing(env, models, encoded, info):
+    damaged = dict(encoded, infinity=info)  # e.g. written by another pack: schedule and bits re-derived
+    out = first(sampler(env, models, node="InfinitySamplerAdvanced", latent_image=damaged, regenerate_from_scale=2))
+    assert out["samples"].shape == (1, 16, 16, 16) and len(out["infinity"]["bits"]) == SCALES
+    assert decode(env, models, damaged).shape == (1, 256, 256, 3)
+
+
 # ---- decode --------------------------------------------------------------------------------------
 def test_decode_tiled_and_batched(env, models, encoded):
     whole = decode(env, models, encoded)
@@ -428,6 +481,24 @@ def test_decode_tiled_and_batched(env, models, encoded):
     batch = dict(encoded, samples=encoded["samples"].repeat(2, 1, 1, 1))
     env.mm.FREE_MEMORY = 1  # one image per decoder call
     torch.testing.assert_close(decode(env, models, batch), whole.repeat(2, 1, 1, 1))
+
+
+def test_tiled_decode_of_a_local_decoder_is_exact(env, models, monkeypatch):
+    """With a decoder whose every output pixel depends on one latent cell only (nearest upsampling of
+    channels 0..2), the blended tiles must give exactly the whole-image decode; values are powers of two
+    (or 0), so the linear blend is exact in floating point too."""
+    import torch.nn.functional as F
+    f = models.vae.config.patch_size
+    monkeypatch.setitem(models.vae.patcher.model.decoder.__dict__, "forward",
+                        lambda z: F.interpolate(z[:, :3], scale_factor=f, mode="nearest"))
+    g = torch.Generator().manual_seed(0)
+    latent = {"samples": torch.randint(-2, 3, (2, 16, 24, 40), generator=g).float() / 2}  # -1, -0.5, 0, 0.5, 1
+    whole = decode(env, models, latent)
+    assert whole.shape == (2, 24 * f, 40 * f, 3)
+    torch.testing.assert_close(whole, latent["samples"][:, :3].add(1).div(2).repeat_interleave(f, 2)
+                               .repeat_interleave(f, 3).permute(0, 2, 3, 1), rtol=0, atol=0)
+    for tile in (8, 12, 20):
+        assert torch.equal(decode(env, models, latent, tile_size=tile), whole), tile
 
 
 # ---- bad input: each error names the widget / file and gives a hint --------------------------------
@@ -460,13 +531,21 @@ def test_bad_sampler_inputs(env, models, encoded):
     advanced = "InfinitySamplerAdvanced"
     expect_error(lambda: sampler(env, models, node=advanced, cfg_list="3, x"), "cfg_list")
     expect_error(lambda: sampler(env, models, node=advanced, tau_list="0.5, 0.5"), "tau_list", "7 scales")
+    expect_error(lambda: sampler(env, models, node=advanced, cfg_list="3, 3"), "cfg_list", "7 scales")
     expect_error(lambda: sampler(env, models, node=advanced, cfg_insertion_layer=-9), "cfg_insertion_layer")
+    sampling_error = core_errors.SamplingError
+    expect_error(lambda: sampler(env, models, tau=0.0), "tau: ", "above 0", kind=sampling_error)
+    expect_error(lambda: sampler(env, models, node=advanced, tau_list="0.5, 0.5, 0, 0.5, 0.5, 0.5, 0.5"),
+                 "tau_list: ", "above 0", kind=sampling_error)
+    expect_error(lambda: sampler(env, models, node=advanced, top_p=1.5), "top_p 1.5", kind=sampling_error)
+    expect_error(lambda: sampler(env, models, node=advanced, top_k=-1), "top_k -1", kind=sampling_error)
+    expect_error(lambda: sampler(env, models, budget="2M"), "budget: ", "2M", kind=core_errors.ResolutionError)
     expect_error(lambda: sampler(env, models, denoise=0.5), "denoise", "latent_image")
     expect_error(lambda: sampler(env, models, node=advanced, latent_image=encoded, regenerate_from_scale=9),
                  "regenerate_from_scale")
     two = dict(encoded, samples=encoded["samples"].repeat(2, 1, 1, 1))
     expect_error(lambda: sampler(env, models, latent_image=two, batch_size=3), "batch_size")
-    env.mm.LOAD_CALLS.clear()
+    assert not env.mm.LOAD_CALLS  # every error above comes before any model is loaded
     env.mm.TOTAL_MEMORY = 2**20
     expect_error(lambda: sampler(env, models), "MiB", "batch_size", kind=core_errors.MemoryBudgetError)
     assert not env.mm.LOAD_CALLS  # refused before loading anything
@@ -485,3 +564,7 @@ def test_vae_that_does_not_match_the_model(env, models, encoded, gradient_image)
     expect_error(lambda: run(env, "InfinityDecode", samples={"samples": torch.zeros(1, 4, 8, 8)}, vae=models.vae),
                  "samples", "another model family")
     expect_error(lambda: decode(env, models, encoded, tile_size=3), "tile_size")
+    patchified = dict(encoded, infinity=dict(encoded["infinity"], patchify=True))  # same channels, other layout
+    expect_error(lambda: sampler(env, models, latent_image=patchified, denoise=0.5), "latent_image: ",
+                 "with spatial patchify", kind=incompatible)
+    expect_error(lambda: decode(env, models, patchified), "samples: ", "with spatial patchify", kind=incompatible)

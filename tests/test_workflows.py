@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from test_nodes import FAKES, REPO, _drop_modules, _load_by_path
 
 WORKFLOW_DIR = REPO / "workflows"
@@ -116,8 +117,8 @@ def pack(tmp_path_factory):
             classes = asyncio.run(extension.get_node_list())
             specs = {cls.GET_SCHEMA().node_id: spec_from_schema(cls.GET_SCHEMA()) for cls in classes}
             tables = sys.modules[f"{PACK}.nodes"].schedule_tables()
-            schedules = sys.modules[f"{PACK}.infinity_core.schedules"]
-            yield {"specs": specs, "tables": tables, "schedules": schedules}
+            core = {name: sys.modules[f"{PACK}.infinity_core.{name}"] for name in ("schedules", "memory", "config")}
+            yield {"specs": specs, "tables": tables, "schedules": core["schedules"], "core": core}
     finally:
         _drop_modules(PACK)
         _drop_modules(FAKES_NAME)
@@ -379,13 +380,49 @@ def test_batch_upscale(pack):
     assert "seed + i" in notes(wf)
 
 
+def gb(n_bytes: float) -> str:
+    """How the Notes state a memory figure: GB = 1e9 bytes, one decimal."""
+    return f"~{n_bytes / 1e9:.1f} GB"
+
+
+def memory_figures(pack, model: str, budget: str, weight_bytes_per_param: int) -> dict:
+    """The Notes' figures, from infinity_core.memory: weights, sampling at `budget` (batch 1, cfg, bf16)."""
+    memory, config = pack["core"]["memory"], pack["core"]["config"]
+    transformer = config.INFINITY_PRESETS[model]
+    sampling = memory.sampling_bytes(transformer, pack["schedules"].ScaleSchedule(1.0, budget), 1, True,
+                                     torch.bfloat16)
+    weights = transformer.num_params() * weight_bytes_per_param
+    return {"weights": weights, "sampling": sampling, "total": weights + sampling}
+
+
 def test_low_vram(pack):
     wf = load(WORKFLOW_DIR / "infinity_low_vram.json")
     assert the(pack, wf, "InfinityTransformerLoader")[1]["weight_dtype"] == "fp8_e4m3fn"
     assert the(pack, wf, "InfinityTextEncoderLoader")[1]["dtype"] == "fp16"
     assert the(pack, wf, "InfinityDecode")[1]["tile_size"] == 32
+    _, sampler = the(pack, wf, "InfinitySampler")
+    assert (sampler["width"], sampler["height"], sampler["budget"], sampler["batch_size"]) == (1024, 1024, "1M", 1)
     text = notes(wf)
-    assert "--lowvram" in text and "GB" in text
+    assert "--lowvram" in text and "GB = 10^9 bytes" in text
+    assert "batch_size" not in text  # already 1: no advice to lower it
+    fp8, bf16 = memory_figures(pack, "infinity_2b", "1M", 1), memory_figures(pack, "infinity_2b", "1M", 2)
+    vae = pack["core"]["config"].VAE_PRESETS["infinity_vae_d32"]
+    decode = pack["core"]["memory"].decode_bytes
+    figures = [fp8["weights"], bf16["weights"], fp8["sampling"], fp8["total"],
+               decode(vae, (1024, 1024), 1, torch.float32), decode(vae, (32 * 16, 32 * 16), 1, torch.float32)]
+    figures += [memory_figures(pack, "infinity_2b", budget, 1)["sampling"] for budget in ("0.60M", "0.25M")]
+    for n_bytes in figures:
+        assert gb(n_bytes) in text, (gb(n_bytes), text)
+    assert "GiB" not in text.replace("1 GiB (~1.1 GB; ComfyUI counts this flag in GiB)", "")
+
+
+def test_8b_memory_figures(pack):
+    text = notes(load(WORKFLOW_DIR / "infinity_8b_text_to_image.json"))
+    bf16, fp8 = memory_figures(pack, "infinity_8b", "1M", 2), memory_figures(pack, "infinity_8b", "1M", 1)
+    for n_bytes in (bf16["weights"], bf16["sampling"], fp8["weights"]):
+        assert gb(n_bytes) in text, (gb(n_bytes), text)
+    for n_bytes in (bf16["total"], fp8["total"]):
+        assert f"~{n_bytes / 1e9:.0f} GB in all" in text, text
 
 
 # ---- the web extension's size snapping ---------------------------------------------------------------

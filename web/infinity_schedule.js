@@ -4,8 +4,9 @@
 //   { templates: [[h_div_w, [[h, w], ... 13 grids of the 1M schedule]], ...],   // reference order
 //     budgets: [["0.06M", 7], ...], min_side, max_side, max_aspect, vae_stride }
 // The rules mirror infinity_core.schedules.schedule_for_size: refuse sides outside min_side..max_side
-// and aspects beyond max_aspect, else take the first template with the smallest |t - h/w|; the
-// budget keeps the first n grids; the image is vae_stride x the final grid; tokens = sum of h*w.
+// and aspects beyond max_aspect (4:1; the templates themselves go from 1:3 to 3:1), else take the
+// first template with the smallest |t - h/w|; the budget keeps the first n grids; the image is
+// vae_stride x the final grid; tokens = sum of h*w.
 
 /**
  * @returns {{ok: true, width: number, height: number, template: number, budget: string, scales: number,
@@ -23,7 +24,7 @@ export function snapSize(tables, width, height, budget) {
     return { ok: false, error: `${w}×${h}: each side must be ${tables.min_side}..${tables.max_side} px` };
   }
   if (Math.max(w / h, h / w) > tables.max_aspect) {
-    return { ok: false, error: `${w}×${h}: aspect ratio beyond 3:1` };
+    return { ok: false, error: `${w}×${h}: aspect ratio beyond ${tables.max_aspect}:1 (templates: ${templateSpan(tables)})` };
   }
   const ratio = h / w;
   let best = null;
@@ -45,6 +46,13 @@ export function snapSize(tables, width, height, budget) {
   };
 }
 
+/** "1:3 to 3:1": the most extreme templates, as width:height. */
+export function templateSpan(tables) {
+  const ratios = tables.templates.map(([t]) => t);
+  const side = (t) => Number((t >= 1 ? t : 1 / t).toFixed(2));
+  return `1:${side(Math.max(...ratios))} to ${side(Math.min(...ratios))}:1`;
+}
+
 /** The budget's number of scales, or undefined. */
 export function budgetScales(tables, budget) {
   const entry = tables.budgets.find(([name]) => name === budget);
@@ -56,4 +64,18 @@ export function formatSize(result) {
   if (!result.ok) return `⚠ ${result.error}`;
   return `→ ${result.width}×${result.height} · template ${result.template} · ` +
     `${result.tokens.toLocaleString("en-US")} tokens · ${result.scales} scales`;
+}
+
+/** The Infinity Encode node's preview: width and height both 0 = the image's own aspect; only one of them 0 is
+ *  refused by the node (only the ratio is used), so it is a warning here too. */
+export function describeEncode(tables, width, height, budget) {
+  if (!width && !height) {
+    return { text: `→ the image's own aspect · budget ${budget} · ${budgetScales(tables, budget) ?? "?"} scales`,
+             warn: false };
+  }
+  if (!width || !height) {
+    return { text: `⚠ set ${width ? "height" : "width"} too, or both to 0 (the image's own aspect)`, warn: true };
+  }
+  const result = snapSize(tables, width, height, budget);
+  return { text: formatSize(result), warn: !result.ok };
 }

@@ -4,7 +4,7 @@
 // The tables come from the pack's server route; the snapping rule lives in infinity_schedule.js.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { budgetScales, formatSize, snapSize } from "./infinity_schedule.js";
+import { describeEncode, formatSize, snapSize } from "./infinity_schedule.js";
 
 const EXTENSION = "Infinity.SizePreview";
 const SAMPLERS = new Set(["InfinitySampler", "InfinitySamplerAdvanced"]);
@@ -44,10 +44,7 @@ export function describeNode(node) {
   }
   const width = widgetValue(node, "width");
   const height = widgetValue(node, "height");
-  if (node.comfyClass === ENCODE && (!width || !height)) {
-    const scales = budgetScales(tables, budget);
-    return { text: `→ the image's own aspect · budget ${budget} · ${scales ?? "?"} scales`, warn: false };
-  }
+  if (node.comfyClass === ENCODE) return describeEncode(tables, width, height, budget);
   const result = snapSize(tables, width, height, budget);
   return { text: formatSize(result), warn: !result.ok };
 }
@@ -81,26 +78,23 @@ function sizeWidget(node) {
   };
 }
 
-// ComfyUI may serve this folder twice (WEB_DIRECTORY and pyproject's [tool.comfy] web): register once.
-if (!globalThis.__infinitySizePreviewRegistered) {
-  globalThis.__infinitySizePreviewRegistered = true;
-  app.registerExtension({
-    name: EXTENSION,
-    async setup() {
-      await loadTables();
-    },
-    async beforeRegisterNodeDef(nodeType, nodeData) {
-      if (!SAMPLERS.has(nodeData.name) && nodeData.name !== ENCODE) return;
-      const onNodeCreated = nodeType.prototype.onNodeCreated;
-      nodeType.prototype.onNodeCreated = function () {
-        const result = onNodeCreated?.apply(this, arguments);
-        if (!this.widgets?.some((w) => w.name === WIDGET)) {
-          this.addCustomWidget(sizeWidget(this));
-          const [w, h] = this.computeSize();
-          this.setSize([Math.max(this.size[0], w), Math.max(this.size[1], h)]);
-        }
-        return result;
-      };
-    },
-  });
-}
+// Served once, from WEB_DIRECTORY; the frontend imports each module once, so this registers once.
+app.registerExtension({
+  name: EXTENSION,
+  async setup() {
+    await loadTables();
+  },
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!SAMPLERS.has(nodeData.name) && nodeData.name !== ENCODE) return;
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const result = onNodeCreated?.apply(this, arguments);
+      if (!this.widgets?.some((w) => w.name === WIDGET)) {
+        this.addCustomWidget(sizeWidget(this));
+        const [w, h] = this.computeSize();
+        this.setSize([Math.max(this.size[0], w), Math.max(this.size[1], h)]);
+      }
+      return result;
+    };
+  },
+});

@@ -7,7 +7,7 @@ import { test } from "node:test";
 
 // Imported from source through a data: URL, so no package.json ("type": "module") is needed in web/.
 const source = fs.readFileSync(new URL("../../web/infinity_schedule.js", import.meta.url), "utf8");
-const { snapSize, formatSize, budgetScales } = await import(
+const { snapSize, formatSize, budgetScales, describeEncode, templateSpan } = await import(
   `data:text/javascript;base64,${Buffer.from(source).toString("base64")}`);
 
 const TABLES = {  // two templates (1M grids truncated to 4 scales) and the real limits
@@ -41,6 +41,24 @@ test("refuses sizes and aspects the core refuses", () => {
   assert.equal(snapSize(TABLES, 1024, 1024, "huge").ok, false);  // unknown budget
   assert.equal(snapSize(TABLES, "", 1024, "small").ok, false);
   assert.match(formatSize(snapSize(TABLES, 5, 1024, "small")), /^⚠ 5×1024/);
+});
+
+test("the aspect error states the real limit and the templates' span", () => {
+  const real = { ...TABLES, templates: [[1.0, [[1, 1]]], [3.0, [[3, 1]]], [0.333, [[1, 3]]], [2.0, [[2, 1]]]] };
+  assert.equal(templateSpan(real), "1:3 to 3:1");
+  assert.equal(snapSize(real, 800, 3120, "small").template, 3.0);  // 1:3.9 is accepted (snapped to 1:3) ...
+  assert.match(formatSize(snapSize(real, 800, 3300, "small")), /beyond 4:1 \(templates: 1:3 to 3:1\)$/);  // ... 1:4.1 not
+});
+
+test("Infinity Encode: both 0 = the image's aspect, only one 0 = a warning, else the snapped size", () => {
+  assert.deepEqual(describeEncode(TABLES, 0, 0, "small"),
+                   { text: "→ the image's own aspect · budget small · 4 scales", warn: false });
+  const widthOnly = describeEncode(TABLES, 512, 0, "small");
+  assert.equal(widthOnly.warn, true);
+  assert.match(widthOnly.text, /^⚠ set height too/);
+  assert.match(describeEncode(TABLES, 0, 512, "small").text, /^⚠ set width too/);
+  assert.deepEqual(describeEncode(TABLES, 1000, 1240, "small"),
+                   { text: formatSize(snapSize(TABLES, 1000, 1240, "small")), warn: false });
 });
 
 const casesFile = process.env.INFINITY_SCHEDULE_CASES;

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+pytest_plugins = ["pack_harness"]  # the fake-ComfyUI fixtures (env, models, ...) of the node and workflow tests
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():

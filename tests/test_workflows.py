@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_nodes import FAKES, REPO, _drop_modules, _load_by_path
+from pack_harness import FAKES, REPO, _drop_modules, _load_by_path
 
 WORKFLOW_DIR = REPO / "workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))

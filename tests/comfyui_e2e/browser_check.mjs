@@ -93,7 +93,7 @@ try {
     await page.addStyleTag({ content: ".minimap-main-container { display: none !important; }" });
     await page.evaluate(async () => window.app.extensionManager.setting.set("Comfy.Graph.CanvasInfo", false));
   }
-  // the pack's web folder is served twice (WEB_DIRECTORY and pyproject [tool.comfy] web): registered once?
+  // the size-preview extension must be registered exactly once
   report.extension_registrations = await page.evaluate(
     () => window.app.extensions.filter((e) => e.name === "Infinity.SizePreview").length);
   const listing = await page.evaluate(async () => (await fetch("/api/workflow_templates")).json());

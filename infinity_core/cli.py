@@ -58,7 +58,10 @@ def cmd_generate(args) -> int:
     from .loading import load_tokenizer, load_transformer
     from .pipeline import GenerationRequest, generate
     from .sampler import SamplerSettings
+    from transformers.utils import logging as hf_logging
+
     from .text_encoder import T5TextEncoder
+    hf_logging.disable_progress_bar()  # our own log lines say what is loading
     device = _device(args.device)
     dtype = _dtype(args.dtype, device)
     t0 = time.perf_counter()
@@ -106,11 +109,13 @@ def cmd_selfcheck(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m infinity_core", description="Infinity text-to-image, pure PyTorch")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    p = argparse.ArgumentParser(prog="python -m infinity_core", description="Infinity text-to-image, pure PyTorch",
+                                parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="text to image with your model files", epilog=MODEL_FILES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt", default="")
     g.add_argument("--transformer", help="infinity_2b_reg.pth / .safetensors / Infinity-8B weights folder")
@@ -132,14 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     g.add_argument("--out", default="infinity.png")
     g.set_defaults(func=cmd_generate)
-    c = sub.add_parser("convert", help="write a .safetensors copy of a .pth checkpoint (same keys)")
+    c = sub.add_parser("convert", help="write a .safetensors copy of a .pth checkpoint (same keys)", parents=[common])
     c.add_argument("src")
     c.add_argument("dst", nargs="?")
     c.set_defaults(func=cmd_convert)
-    i = sub.add_parser("info", help="print what a checkpoint file is and its inferred architecture")
+    i = sub.add_parser("info", help="print what a checkpoint file is and its inferred architecture", parents=[common])
     i.add_argument("file")
     i.set_defaults(func=cmd_info)
-    s = sub.add_parser("selfcheck", help="run the whole pipeline on tiny random weights (no downloads)")
+    s = sub.add_parser("selfcheck", help="run the whole pipeline on tiny random weights (no downloads)",
+                       parents=[common])
     s.add_argument("--out", default="infinity_selfcheck.png")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_selfcheck)

@@ -1,6 +1,7 @@
 """End to end: the pipeline, the command line (generate / selfcheck / convert / info), memory refusal."""
 import copy
 import logging
+import shutil
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from infinity_core.images import decode_tiled, from_rgb01, preview_rgb
 from infinity_core.pipeline import GenerationRequest, generate
 from infinity_core.sampler import SamplerSettings, make_generators, sample
 from infinity_core.schedules import ScaleSchedule
+from shared_paths import TOKENIZER_DIR
 
 
 def request(prompt, **kw):
@@ -122,3 +124,24 @@ def test_cli_reports_bad_files_without_a_traceback(tmp_path, capsys):
     assert cli.main(["info", str(bad)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "HINT" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not (TOKENIZER_DIR / "tokenizer.json").is_file(), reason="shared T5 tokenizer missing")
+def test_cli_generate_end_to_end(tmp_path, tiny_files, capsys):
+    """The run command with every file given: T5 folder -> sampler -> decoder -> PNGs (tiny models)."""
+    from PIL import Image
+    from transformers import T5Config, T5EncoderModel
+    torch.manual_seed(0)
+    t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=128, d_kv=32, d_ff=256, num_layers=1, num_heads=4,
+                                 feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False))
+    t5.save_pretrained(tmp_path / "flan-t5")
+    for f in TOKENIZER_DIR.iterdir():
+        shutil.copy(f, tmp_path / "flan-t5" / f.name)
+    files = tiny_files["pth"]
+    argv = ["generate", "--prompt", "a red fox", "--negative-prompt", "blurry", "--transformer",
+            str(files["transformer"]), "--vae", str(files["tokenizer"]), "--text-encoder", str(tmp_path / "flan-t5"),
+            "--width", "320", "--height", "240", "--budget", "0.06M", "--batch", "2", "--out", str(tmp_path / "x.png")]
+    assert cli.main(argv) == 0
+    assert "wrote" in capsys.readouterr().out
+    for i in range(2):
+        assert Image.open(tmp_path / f"x_0{i}.png").size == (320, 240)

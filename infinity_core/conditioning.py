@@ -13,6 +13,8 @@ import torch
 
 from .errors import PromptError
 
+MAX_LENGTH = 512  # T5 tokens per prompt (the reference pads and truncates to this; cfg_uncond has 512 rows)
+
 
 @dataclass(frozen=True)
 class TextEmbedding:

@@ -18,12 +18,11 @@ import transformers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
 from .checkpoints import read_file
-from .conditioning import TextEmbedding
+from .conditioning import MAX_LENGTH, TextEmbedding
 from .errors import CheckpointError, PromptError
 
 logger = logging.getLogger(__name__)
 
-MAX_LENGTH = 512
 # transformers renamed from_pretrained's torch_dtype to dtype in 4.56; ComfyUI installs may be older
 _VERSION = tuple(int(p) for p in re.findall(r"\d+", transformers.__version__)[:2])
 _DTYPE_KW = "dtype" if _VERSION >= (4, 56) else "torch_dtype"

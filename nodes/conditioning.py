@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..infinity_core.conditioning import MAX_LENGTH
 from . import comfy_glue as glue
 from .types import Conditioning, InfinityConditioning, InfinityTextEncoder, TextEncoderHandle
 
-T5_MAX_TOKENS = 512
+# a T5 pass over the padded prompt keeps about 16 fp32 maps of [tokens, d_model] alive (attention + FFN)
+T5_LIVE_MAPS = 16
 
 
 def encode_prompt(text_encoder: TextEncoderHandle, text: str) -> Conditioning:
@@ -14,7 +16,7 @@ def encode_prompt(text_encoder: TextEncoderHandle, text: str) -> Conditioning:
     if not text.strip():
         return Conditioning(None, text)
     d_model = text_encoder.encoder.hidden_size
-    glue.load_models([text_encoder.patcher], T5_MAX_TOKENS * d_model * 4 * 16, "encoding the prompt",
+    glue.load_models([text_encoder.patcher], MAX_LENGTH * d_model * 4 * T5_LIVE_MAPS, "encoding the prompt",
                      hint="free memory by closing other programs", force_full_load=True)
     return Conditioning(text_encoder.encoder.encode([text], output_device="cpu"), text)
 

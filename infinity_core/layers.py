@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .rope import apply_rope
+from .rope import apply_rope_
 
 MAX_SCALE_MUL = math.log(100.0)  # cosine-attention temperature bound (reference: log(100))
 
@@ -97,7 +97,7 @@ class SelfAttention(nn.Module):
         # q and k: normalised, q scaled, both rotated, in float32 (as the reference, whatever the dtype)
         qk = F.normalize(qkv[:2].float(), dim=-1, eps=1e-12)
         qk[0].mul_(temperature)
-        qk = apply_rope(qk, rot_Lh)
+        apply_rope_(qk, rot_Lh)  # in place: qk is our own fresh tensor
         k_all, v_all = cache.append(qk[1].to(cache.k.dtype), qkv[2].to(cache.v.dtype))
         o = F.scaled_dot_product_attention(qk[0].to(cache.k.dtype), k_all, v_all, scale=1.0)
         return self.proj(o.transpose(1, 2).reshape(B, L, C).to(cdt))
@@ -125,14 +125,33 @@ class CrossAttention(nn.Module):
         return self.proj(o.transpose(1, 2).reshape(B, L, C))
 
 
+def _resident(linear: nn.Module, like: torch.Tensor) -> bool:
+    """True when calling `linear` costs no weight cast or transfer (nor a ComfyUI weight patch)."""
+    w = linear.weight
+    return (w.dtype == like.dtype and w.device == like.device
+            and not getattr(linear, "weight_function", None) and not getattr(linear, "bias_function", None))
+
+
 class FFN(nn.Module):
+    # Rows per pass at large scales: the [rows, 4C] hidden activation then stays in cache between
+    # fc1, GELU and fc2 and never exists whole (CPU, layer12 at 0.25M: FFN 3% faster, peak -37 MiB).
+    CHUNK_ROWS = 512
+
     def __init__(self, dim: int, hidden: int, ops):
         super().__init__()
         self.fc1 = ops.Linear(dim, hidden, bias=True)
         self.fc2 = ops.Linear(hidden, dim, bias=True)
 
-    def forward(self, x):
+    def _mlp(self, x):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+    def forward(self, x_BLC):
+        rows = x_BLC.shape[:-1].numel()
+        if rows < 2 * self.CHUNK_ROWS or not (_resident(self.fc1, x_BLC) and _resident(self.fc2, x_BLC)):
+            return self._mlp(x_BLC)  # chunking would cast or move the weights once per chunk
+        x_RC = x_BLC.reshape(rows, x_BLC.shape[-1])
+        out_RC = torch.cat([self._mlp(x) for x in x_RC.split(self.CHUNK_ROWS)])
+        return out_RC.view(*x_BLC.shape[:-1], out_RC.shape[-1])
 
 
 @dataclass
@@ -170,11 +189,11 @@ class Block(nn.Module):
 
     def forward(self, x_BLC, cond: BlockCondition, text_mask, rot_Lh, cache: KVCache, cdt):
         h = ada_layer_norm(x_BLC, cond.scale1p1, cond.shift1, self.eps)
-        x_BLC = x_BLC + self.sa(h, rot_Lh, cond.temperature, cache, cdt).float().mul(cond.gamma1)
+        x_BLC = x_BLC + self.sa(h, rot_Lh, cond.temperature, cache, cdt).float().mul_(cond.gamma1)
         h = self.ca_norm(x_BLC)
         x_BLC = x_BLC + self.ca(h, cond.text_k, cond.text_v, text_mask, cdt).float()
         h = ada_layer_norm(x_BLC, cond.scale2p1, cond.shift2, self.eps)
-        return x_BLC + self.ffn(h.to(cdt)).float().mul(cond.gamma2)
+        return x_BLC + self.ffn(h.to(cdt)).float().mul_(cond.gamma2)  # the outputs are fresh tensors
 
 
 class TextPool(nn.Module):

@@ -40,7 +40,9 @@ def rope_table(head_dim: int, template: float) -> torch.Tensor:
     return torch.complex(angles_Lh.cos(), angles_Lh.sin())
 
 
-def apply_rope(x: torch.Tensor, rot_Lh: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs (x[2m], x[2m+1]) by each position's angles: one complex product,
-    (x0 cos - x1 sin, x0 sin + x1 cos). `x` is float32 `[..., L, c]` with an even-strided last dim."""
-    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * rot_Lh).flatten(-2)
+def apply_rope_(x: torch.Tensor, rot_Lh: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs (x[2m], x[2m+1]) by each position's angles, in place: one
+    complex product, (x0 cos - x1 sin, x0 sin + x1 cos). `x` is float32 `[..., L, c]` with a
+    contiguous last dim and even strides elsewhere; returns `x`."""
+    torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(rot_Lh)
+    return x

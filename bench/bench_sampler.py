@@ -79,14 +79,15 @@ def fmt_row(r: dict, ref: dict | None = None) -> str:
             f"{r['matmul']['peak_torch_mm'] / 1e9:.4g} / {r['matmul']['peak'] / 1e9:.4g} | "
             f"{100 * r['frac_of_torch_mm_peak']:.0f}% / {100 * r['frac_of_peak']:.0f}% | "
             f"{100 * r.get('frac_of_local_peak', float('nan')):.0f}% | {common.gib(m['peak'])} | "
-            f"{common.gib(m['process_peak_rss'])} | {common.gib(m['bound'])} | {m['peak_over_bound']:.2f} | {speed} |")
+            f"{common.gib(m['process_peak_rss'])} | {common.gib(m.get('peak_tensors'))} | {common.gib(m['bound'])} | "
+            f"{m['peak_over_bound']:.2f} / {m.get('tensors_over_bound', float('nan')):.2f} | {speed} |")
 
 
 TABLE_HEAD = ("| model | budget | impl | s/image | runs | tokens/s | GFLOP/image | GFLOP/s | "
               "mm peak GFLOP/s (torch.mm / best) | % of peak (torch.mm / best) | % of local probe | peak mem GiB | "
-              "process peak RSS GiB | bound GiB | peak/bound | "
+              "process peak RSS GiB | peak tensors GiB | bound GiB | peak/bound (RSS / tensors) | "
               "speed-up vs ref (separate / paired) |\n"
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def print_table(results: list[dict]) -> str:
@@ -103,7 +104,9 @@ def print_table(results: list[dict]) -> str:
         loads = [r["loadavg_1min"]["before"] for r in results if "loadavg_1min" in r]
         lines.append(f"machine: {first['machine']}; dtype {first['dtype']}; device {first['device']}; "
                      f"1-min load average before the cases: {', '.join(f'{x:.1f}' for x in loads)}")
-        lines.append("peak mem = " + first["memory"]["peak_kind"] + "; bound = 1.1 x (weights + KV cache "
+        lines.append("peak mem = " + first["memory"]["peak_kind"] + "; peak tensors = weights + the most bytes "
+                     "of tensors the sampler held at once (one extra run under tests/live_bytes.py's tracker; CPU)"
+                     "; bound = 1.1 x (weights + KV cache "
                      "2 x layers x tokens x C x 2 in the compute dtype); % of peak = model FLOPs (bench/common.py "
                      "model_flops) / s / matmul FLOP/s measured in the same process (torch.mm = MKL sgemm; best = max "
                      "of torch.mm and oneDNN, common.matmul_peak); % of local probe = median over runs of the same "

@@ -30,14 +30,12 @@ def rope_table(head_dim: int, template: float) -> torch.Tensor:
     inv_freq = 1.0 / (ROPE_BASE ** (torch.arange(0, half, 2, dtype=torch.int64).float() / half))
     grids = TEMPLATES[template]
     full_h, full_w = grids[-1]
-    rows = []
-    for h, w in grids:
-        r = _positions(h, full_h).reshape(h, 1).expand(h, w).reshape(-1)
-        q = _positions(w, full_w).reshape(1, w).expand(h, w).reshape(-1)
-        angles = torch.cat([torch.outer(r.float(), inv_freq), torch.outer(q.float(), inv_freq)], dim=-1)
-        rows.append(angles)
-    angles_Lh = torch.cat(rows, 0)
-    return torch.complex(angles_Lh.cos(), angles_Lh.sin())
+    r = torch.cat([_positions(h, full_h).reshape(h, 1).expand(h, w).reshape(-1) for h, w in grids])
+    q = torch.cat([_positions(w, full_w).reshape(1, w).expand(h, w).reshape(-1) for h, w in grids])
+    angles_Lh = torch.cat([torch.outer(r.float(), inv_freq), torch.outer(q.float(), inv_freq)], dim=-1)
+    cos_Lh = angles_Lh.cos()
+    sin_Lh = angles_Lh.sin_()  # in place: at most cos, sin and the result exist at once (2x the table)
+    return torch.complex(cos_Lh, sin_Lh)
 
 
 def apply_rope_(x: torch.Tensor, rot_Lh: torch.Tensor) -> torch.Tensor:

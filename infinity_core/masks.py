@@ -1,0 +1,176 @@
+"""Masks: which tokens of each scale keep an image's bits and which are drawn (inpainting, outpainting).
+
+One mechanism, per-token teacher forcing (`TeacherForcing`): at scale si the sampler draws every
+token as usual, then overrides the kept ones with the image's bits. Image-to-image ("the first k
+scales from the image") is the special case where scales < k are all kept and the others all drawn;
+inpainting keeps the tokens outside a mask at every scale from k on. Every token is drawn before the
+override, so the random stream does not depend on the mask: an all-drawn mask is text-to-image with
+the same seed, bit for bit. This is VAR's zero-shot in/outpainting (Tian et al. 2024): no Infinity
+model was trained for it.
+
+Mask convention (ComfyUI's `noise_mask`): 1 = regenerate, 0 = keep the image; soft values allowed.
+
+Pixel mask -> token masks (`regenerate_masks`; the rule is tested in tests/test_masks.py):
+1. fit the mask to the encoded image's frame exactly as Infinity Encode fits the image (scale to
+   cover, centre-crop: `images.cover_box`), so a mask drawn on the original picture lines up;
+2. optionally grow it by `grow` pixels (a max filter);
+3. at each scale take the painted fraction of every token's area (an area average: 16x16 px per
+   token at the last scale, larger areas at coarser ones). With Infinity-8B's patchify one token is
+   2x2 latent cells of 8 px, still 16x16 px, so the same rule serves both layouts;
+4. a token is drawn when that fraction is above `threshold` (default 0: any painted pixel, so the
+   drawn region always covers what was painted), except at the first `coarse_scales` scales (1x1 and
+   2x2 in every template), where it must be above `coarse_threshold` (default 0.5: mostly painted).
+
+Why the coarse rule: a 1x1 or 2x2 token spans a quarter of the image or more and carries its global
+colour and layout. Under rule 4 alone any mask would redraw the 1x1 token, the whole picture's tone,
+and the kept finer tokens (the image's residuals) would then sit on a new base. Keeping coarse tokens
+unless they are mostly masked preserves the global colour and layout; a mask covering most of a
+coarse token (a wide outpaint) still lets the model choose it, and a full mask stays text-to-image.
+Shape legend: B images, L tokens of a scale (h*w), d_t bits per token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import SamplingError
+from .images import cover_box
+from .quantizer import vae_bits_to_tokens
+from .schedules import ScaleSchedule
+
+TEACHER_HINT = "encode the image with the tokenizer that matches the model, at the size and budget of this run"
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    """How a pixel mask becomes token masks (see the module docstring for the rule and its reasons)."""
+
+    threshold: float = 0.0
+    coarse_scales: int = 2
+    coarse_threshold: float = 0.5
+    grow: int = 0
+
+
+def fit_mask(mask_BHW: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """A mask of any size `[B, h, w]` in the frame of a picture fitted to `size_hw` (scale to cover,
+    centre-crop, as Infinity Encode fits images), float32 in [0, 1]."""
+    m = mask_BHW.float().clamp(0, 1).unsqueeze(1)
+    H, W = size_hw
+    if tuple(m.shape[-2:]) != (H, W):
+        nh, nw, top, left = cover_box(tuple(m.shape[-2:]), size_hw)
+        m = F.interpolate(m, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        m = m[..., top:top + H, left:left + W].clamp(0, 1)
+    return m.squeeze(1).contiguous()
+
+
+def regenerate_masks(mask_BHW: torch.Tensor, schedule: ScaleSchedule, rule: MaskRule = MaskRule()) -> list[torch.Tensor]:
+    """Per scale, `[B, h*w]` bool in the transformer's token order: True = the token is drawn."""
+    m = fit_mask(mask_BHW, schedule.image_hw).unsqueeze(1)
+    if rule.grow > 0:
+        m = F.max_pool2d(m, 2 * rule.grow + 1, stride=1, padding=rule.grow)
+    masks = []
+    for si, hw in enumerate(schedule.grids):
+        painted = F.adaptive_avg_pool2d(m, hw)
+        limit = rule.coarse_threshold if si < rule.coarse_scales else rule.threshold
+        masks.append((painted > limit).flatten(1))
+    return masks
+
+
+def feather(mask_BHW: torch.Tensor, radius: int) -> torch.Tensor:
+    """Blend weights that are at least the mask and fall linearly to exactly 0 at `radius` px (chessboard
+    distance) outside it: w(p) = max over q of mask(q) - d(p, q) / (radius + 1), clamped to [0, 1]."""
+    w = mask_BHW.float().clamp(0, 1).unsqueeze(1)
+    step = 1.0 / (radius + 1)
+    for _ in range(radius):
+        w = torch.maximum(w, F.max_pool2d(w, 3, stride=1, padding=1) - step)
+    return w.clamp(0, 1).squeeze(1)
+
+
+def as_token_bits(bits: torch.Tensor, patchify: bool) -> torch.Tensor:
+    """Transformer-layout bits `[B, L, d_t]` uint8 from either layout (VAE layout is `[B, 1, h, w, d]`)."""
+    return (vae_bits_to_tokens(bits, patchify) if bits.ndim == 5 else bits).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class TeacherForcing:
+    """Image bits forced into a run: at scale si the tokens where `keep[si]` is True take `bits[si]`
+    (`keep[si]` None = every token); scales from len(bits) on are drawn freely.
+
+    bits[si]: transformer layout `[B, L, d_t]` uint8 (B = 1 applies to every image); keep[si]: `[B or 1, L]` bool.
+    """
+
+    bits: tuple[torch.Tensor, ...] = ()
+    keep: tuple[torch.Tensor | None, ...] = ()
+
+    def __post_init__(self):
+        if len(self.bits) != len(self.keep):
+            raise SamplingError(f"teacher forcing has bits for {len(self.bits)} scales but masks for "
+                                f"{len(self.keep)}", hint="build it with TeacherForcing.first_scales or .masked")
+
+    @classmethod
+    def first_scales(cls, bits: Sequence[torch.Tensor], patchify: bool = False) -> TeacherForcing:
+        """Image-to-image: every token of the given (leading) scales from the image."""
+        tokens = tuple(as_token_bits(b, patchify) for b in bits)
+        return cls(tokens, (None,) * len(tokens))
+
+    @classmethod
+    def masked(cls, bits: Sequence[torch.Tensor], regenerate: Sequence[torch.Tensor], keep_scales: int = 0,
+               patchify: bool = False) -> TeacherForcing:
+        """Inpainting: scales < keep_scales entirely from the image, then the tokens outside `regenerate[si]`
+        (True = drawn, e.g. from `regenerate_masks`) at every scale of `bits`."""
+        if len(regenerate) < len(bits):
+            raise SamplingError(f"{len(bits)} scales of image bits but token masks for {len(regenerate)}",
+                                hint="make the token masks with regenerate_masks for the same schedule")
+        tokens = tuple(as_token_bits(b, patchify) for b in bits)
+        keep = tuple(None if si < keep_scales else ~regenerate[si].bool() for si in range(len(tokens)))
+        return cls(tokens, keep)
+
+    @classmethod
+    def for_image(cls, bits: Sequence[torch.Tensor], schedule: ScaleSchedule, keep_scales: int,
+                  mask: torch.Tensor | None = None, patchify: bool = False,
+                  rule: MaskRule = MaskRule()) -> TeacherForcing:
+        """What the nodes and the command line run: an image's bits (every scale when masked) with the first
+        `keep_scales` scales kept whole, and an optional pixel mask `[B, h, w]` (1 = regenerate) after them."""
+        if mask is None:
+            return cls.first_scales(bits[:keep_scales], patchify)
+        return cls.masked(bits, regenerate_masks(mask, schedule, rule), keep_scales, patchify)
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.bits)
+
+    def keep_mask(self, si: int, batch: int, tokens: int) -> torch.Tensor:
+        """`[batch, tokens]` bool: the tokens of scale si that take the image's bits (none past the last
+        forced scale). For code that must know the kept tokens before the draw, e.g. a pruning policy."""
+        if si >= self.num_scales:
+            return torch.zeros(batch, tokens, dtype=torch.bool)
+        keep = self.keep[si]
+        return torch.ones(batch, tokens, dtype=torch.bool) if keep is None else keep.bool().expand(batch, tokens)
+
+    def apply(self, si: int, drawn_BLd: torch.Tensor) -> torch.Tensor:
+        """The bits of scale si after forcing: the image's where kept, the drawn ones elsewhere."""
+        if si >= self.num_scales:
+            return drawn_BLd
+        image = self.bits[si].to(device=drawn_BLd.device, dtype=drawn_BLd.dtype)
+        keep = self.keep[si]
+        if keep is None:
+            return image.expand_as(drawn_BLd).contiguous()
+        return torch.where(keep.to(drawn_BLd.device)[..., None], image, drawn_BLd)
+
+    def check(self, tokens_per_scale: Sequence[int], batch: int, bits_per_token: int) -> None:
+        """Raise SamplingError unless every forced scale fits the run (token count, bit width, batch)."""
+        if self.num_scales > len(tokens_per_scale):
+            raise SamplingError(f"teacher forcing covers {self.num_scales} scales but the schedule has "
+                                f"{len(tokens_per_scale)}", hint=TEACHER_HINT)
+        for si, (bits, keep) in enumerate(zip(self.bits, self.keep)):
+            L = tokens_per_scale[si]
+            if bits.ndim != 3 or bits.shape[1:] != (L, bits_per_token) or bits.shape[0] not in (1, batch):
+                raise SamplingError(f"the image bits of scale {si} are {tuple(bits.shape)} but this run needs "
+                                    f"[{batch}, {L}, {bits_per_token}]", hint=TEACHER_HINT)
+            if keep is not None and (keep.ndim != 2 or keep.shape[1] != L or keep.shape[0] not in (1, batch)):
+                raise SamplingError(f"the token mask of scale {si} is {tuple(keep.shape)} but this run needs "
+                                    f"[{batch}, {L}]", hint="make the token masks with regenerate_masks for "
+                                                            "the same schedule and batch")

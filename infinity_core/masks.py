@@ -66,7 +66,8 @@ def fit_mask(mask_BHW: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     return m.squeeze(1).contiguous()
 
 
-def regenerate_masks(mask_BHW: torch.Tensor, schedule: ScaleSchedule, rule: MaskRule = MaskRule()) -> list[torch.Tensor]:
+def regenerate_masks(mask_BHW: torch.Tensor, schedule: ScaleSchedule,
+                     rule: MaskRule = MaskRule()) -> list[torch.Tensor]:
     """Per scale, `[B, h*w]` bool in the transformer's token order: True = the token is drawn."""
     m = fit_mask(mask_BHW, schedule.image_hw).unsqueeze(1)
     if rule.grow > 0:
@@ -174,3 +175,37 @@ class TeacherForcing:
                 raise SamplingError(f"the token mask of scale {si} is {tuple(keep.shape)} but this run needs "
                                     f"[{batch}, {L}]", hint="make the token masks with regenerate_masks for "
                                                             "the same schedule and batch")
+
+
+def paste_back(original_BHW3: torch.Tensor, generated_BHW3: torch.Tensor, mask_BHW: torch.Tensor,
+               radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The generated picture pasted into the original through the feathered mask: (image, weights), both
+    at the original's size.
+
+    `generated` is in Infinity Encode's frame of `original` (scaled to cover the template, centre-cropped):
+    it is mapped back into the original's pixels (the inverse scale and offset; no resampling when the
+    sizes already agree). `mask` is in the original's frame (resized to it if needed), 1 = regenerated.
+    Weights are `feather(mask, radius)`, 0 outside the generated frame; where they are 0 the output is the
+    original exactly. Batches: each input holds 1 or B images.
+    """
+    oh, ow = original_BHW3.shape[1:3]
+    H, W = generated_BHW3.shape[1:3]
+    nh, nw, top, left = cover_box((oh, ow), (H, W))
+    y0, x0 = round(top * oh / nh), round(left * ow / nw)
+    gh, gw = min(oh - y0, round(H * oh / nh)), min(ow - x0, round(W * ow / nw))
+    generated = generated_BHW3[..., :3].float()
+    if (gh, gw) != (H, W):
+        generated = F.interpolate(generated.permute(0, 3, 1, 2), size=(gh, gw), mode="bicubic", antialias=True,
+                                  align_corners=False).clamp(0, 1).permute(0, 2, 3, 1)
+    B = max(original_BHW3.shape[0], generated.shape[0], mask_BHW.shape[0])
+    placed = torch.zeros(B, oh, ow, 3, device=generated.device)
+    placed[:, y0:y0 + gh, x0:x0 + gw] = generated
+    m = mask_BHW.float()
+    if tuple(m.shape[-2:]) != (oh, ow):
+        m = F.interpolate(m.unsqueeze(1), size=(oh, ow), mode="bilinear", align_corners=False).squeeze(1)
+    inside = torch.zeros(1, oh, ow, device=m.device)
+    inside[:, y0:y0 + gh, x0:x0 + gw] = 1
+    w = (feather(m, radius) * inside).expand(B, oh, ow)
+    original = original_BHW3[..., :3].float().expand(B, oh, ow, 3)
+    blended = original * (1 - w[..., None]) + placed * w[..., None]
+    return torch.where(w[..., None] > 0, blended, original), w

@@ -42,7 +42,8 @@ PACK_DIR_NAME = "ComfyUI-Infinity"  # the custom_nodes folder name = the templat
 E2E = Path(__file__).resolve().parent / "comfyui_e2e"
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 PACK_NODES = {"InfinityTransformerLoader", "InfinityBitwiseTokenizerLoader", "InfinityTextEncoderLoader",
-              "InfinityTextEncode", "InfinitySampler", "InfinitySamplerAdvanced", "InfinityDecode", "InfinityEncode"}
+              "InfinityTextEncode", "InfinitySampler", "InfinitySamplerAdvanced", "InfinityDecode", "InfinityEncode",
+              "InfinityInpaintComposite"}
 RUN_TIMEOUT = 600
 
 pytestmark = [

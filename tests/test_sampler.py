@@ -32,9 +32,10 @@ def test_cfg_one_equals_the_conditional_pass(tiny_transformer, prompt):
 def test_guidance_mixes_the_two_halves_after_temperature(tiny_transformer, prompt):
     tau, cfg = 0.5, 3.0
     cond = run(tiny_transformer, prompt, settings=SamplerSettings(cfg=1.0, tau=tau))
-    guided = run(tiny_transformer, prompt, settings=SamplerSettings(cfg=cfg, tau=tau), teacher=TeacherForcing.first_scales(cond.bits))
+    forced = TeacherForcing.first_scales(cond.bits)
+    guided = run(tiny_transformer, prompt, settings=SamplerSettings(cfg=cfg, tau=tau), teacher=forced)
     uncond_text = tiny_transformer.null_text(prompt)
-    uncond = run(tiny_transformer, uncond_text, settings=SamplerSettings(cfg=1.0, tau=tau), teacher=TeacherForcing.first_scales(cond.bits))
+    uncond = run(tiny_transformer, uncond_text, settings=SamplerSettings(cfg=1.0, tau=tau), teacher=forced)
     for si in range(SQUARE.num_scales):
         expected = cfg * cond.logits[si] + (1 - cfg) * uncond.logits[si]
         assert torch.allclose(guided.logits[si], expected, atol=2e-4), si

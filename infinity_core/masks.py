@@ -13,19 +13,26 @@ Mask convention (ComfyUI's `noise_mask`): 1 = regenerate, 0 = keep the image; so
 Pixel mask -> token masks (`regenerate_masks`; the rule is tested in tests/test_masks.py):
 1. fit the mask to the encoded image's frame exactly as Infinity Encode fits the image (scale to
    cover, centre-crop: `images.cover_box`), so a mask drawn on the original picture lines up;
-2. optionally grow it by `grow` pixels (a max filter);
-3. at each scale take the painted fraction of every token's area (an area average: 16x16 px per
-   token at the last scale, larger areas at coarser ones). With Infinity-8B's patchify one token is
-   2x2 latent cells of 8 px, still 16x16 px, so the same rule serves both layouts;
-4. a token is drawn when that fraction is above `threshold` (default 0: any painted pixel, so the
-   drawn region always covers what was painted), except at the first `coarse_scales` scales (1x1 and
-   2x2 in every template), where it must be above `coarse_threshold` (default 0.5: mostly painted).
+2. painted pixels P: mask above `threshold` (default 0, any value); the region allowed to change
+   G: P grown by `grow` px (default 0; a chessboard max filter);
+3. last scale (16x16 px tokens, never upsampled): a token is drawn when it holds a painted pixel,
+   so the drawn region always covers what was painted;
+4. every earlier scale: a token is drawn only when its whole support lies inside G. Its codes are
+   upsampled (trilinear) onto the final grid and reach half a token beyond its own area, so the
+   support is its area grown by half a token on each side (tested conservatively on a half-token grid).
+With Infinity-8B's patchify one token is 2x2 latent cells of 8 px, still 16x16 px; the rule is the same
+(there the upsampling reaches only half a cell, so the half-token support is conservative).
 
-Why the coarse rule: a 1x1 or 2x2 token spans a quarter of the image or more and carries its global
-colour and layout. Under rule 4 alone any mask would redraw the 1x1 token, the whole picture's tone,
-and the kept finer tokens (the image's residuals) would then sit on a new base. Keeping coarse tokens
-unless they are mostly masked preserves the global colour and layout; a mask covering most of a
-coarse token (a wide outpaint) still lets the model choose it, and a full mask stays text-to-image.
+What it guarantees: every final latent cell outside G is the image's exactly (no drawn token reaches
+it), so the picture changes only near the mask (the decoder's receptive field adds a few cells; the
+Inpaint Composite node pastes the original back there). What it costs: where a coarse token straddles
+the mask edge it is kept, so the painted area keeps the image's coarsest colour and layout and is
+regenerated from the scale whose tokens fit inside it: a small mask changes details, a large one also
+layout. Very coarse scales follow from the same rule: the 1x1 token (and the 2x2 ones) span the whole
+picture (a quarter of it), so they are drawn only when the mask covers (almost) all of it. That keeps
+the global colour and layout of a picture that is mostly kept, and a full mask is text-to-image exactly.
+Grow the mask (`grow`, or core Grow Mask) to give the painted area more freedom at coarse scales, at
+the cost of changing more of its surroundings.
 Shape legend: B images, L tokens of a scale (h*w), d_t bits per token.
 """
 from __future__ import annotations
@@ -46,11 +53,10 @@ TEACHER_HINT = "encode the image with the tokenizer that matches the model, at t
 
 @dataclass(frozen=True)
 class MaskRule:
-    """How a pixel mask becomes token masks (see the module docstring for the rule and its reasons)."""
+    """How a pixel mask becomes token masks (the module docstring states the rule and its reasons):
+    pixels above `threshold` are painted; drawn coarse tokens stay within `grow` px of them."""
 
     threshold: float = 0.0
-    coarse_scales: int = 2
-    coarse_threshold: float = 0.5
     grow: int = 0
 
 
@@ -69,14 +75,16 @@ def fit_mask(mask_BHW: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
 def regenerate_masks(mask_BHW: torch.Tensor, schedule: ScaleSchedule,
                      rule: MaskRule = MaskRule()) -> list[torch.Tensor]:
     """Per scale, `[B, h*w]` bool in the transformer's token order: True = the token is drawn."""
-    m = fit_mask(mask_BHW, schedule.image_hw).unsqueeze(1)
-    if rule.grow > 0:
-        m = F.max_pool2d(m, 2 * rule.grow + 1, stride=1, padding=rule.grow)
+    painted = (fit_mask(mask_BHW, schedule.image_hw) > rule.threshold).float().unsqueeze(1)
+    outside = 1 - (F.max_pool2d(painted, 2 * rule.grow + 1, stride=1, padding=rule.grow) if rule.grow else painted)
     masks = []
-    for si, hw in enumerate(schedule.grids):
-        painted = F.adaptive_avg_pool2d(m, hw)
-        limit = rule.coarse_threshold if si < rule.coarse_scales else rule.threshold
-        masks.append((painted > limit).flatten(1))
+    for si, (h, w) in enumerate(schedule.grids):
+        if si == schedule.num_scales - 1:
+            drawn = F.adaptive_max_pool2d(painted, (h, w)) > 0
+        else:  # any pixel outside G within half a token of the token's area blocks it
+            halves = F.adaptive_max_pool2d(outside, (2 * h, 2 * w))
+            drawn = F.max_pool2d(halves, 4, stride=2, padding=1) == 0
+        masks.append(drawn.flatten(1))
     return masks
 
 

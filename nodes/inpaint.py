@@ -108,10 +108,11 @@ class InfinityInpaintComposite(io.ComfyNode):
             if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3:
                 raise SamplingError(f"{name}: expected an IMAGE [B, H, W, 3]", hint="connect an image")
         m = read_mask(mask, "mask")
-        B = max(original.shape[0], generated.shape[0], m.shape[0])
-        for name, n in (("original", original.shape[0]), ("generated", generated.shape[0]), ("mask", m.shape[0])):
-            if n not in (1, B):
-                raise SamplingError(f"{name}: {n} images/masks but the others hold {B}", hint=MASK_BATCH_HINT)
+        counts = {"original": original.shape[0], "generated": generated.shape[0], "mask": m.shape[0]}
+        if len(set(counts.values()) - {1}) > 1:
+            listed = ", ".join(f"{name}: {n}" for name, n in counts.items())
+            raise SamplingError(f"{listed} images/masks; each input must hold 1 or the same number",
+                                hint="give the original and the mask that went into Infinity Encode for this batch")
         image, weights = paste_back(original, generated.to(original.device), m.to(original.device), feather)
         h, w = image.shape[1:3]
         text = (f"{w}x{h} px: {(weights > 0).float().mean().item():.0%} of the pixels from the generated image, "

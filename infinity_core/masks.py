@@ -23,16 +23,17 @@ Pixel mask -> token masks (`regenerate_masks`; the rule is tested in tests/test_
 With Infinity-8B's patchify one token is 2x2 latent cells of 8 px, still 16x16 px; the rule is the same
 (there the upsampling reaches only half a cell, so the half-token support is conservative).
 
-What it guarantees: every final latent cell outside G is the image's exactly (no drawn token reaches
-it), so the picture changes only near the mask (the decoder's receptive field adds a few cells; the
-Inpaint Composite node pastes the original back there). What it costs: where a coarse token straddles
-the mask edge it is kept, so the painted area keeps the image's coarsest colour and layout and is
-regenerated from the scale whose tokens fit inside it: a small mask changes details, a large one also
-layout. Very coarse scales follow from the same rule: the 1x1 token (and the 2x2 ones) span the whole
-picture (a quarter of it), so they are drawn only when the mask covers (almost) all of it. That keeps
-the global colour and layout of a picture that is mostly kept, and a full mask is text-to-image exactly.
-Grow the mask (`grow`, or core Grow Mask) to give the painted area more freedom at coarse scales, at
-the cost of changing more of its surroundings.
+What it guarantees: the latent of every final 16x16 px token area without a pixel in G is the
+image's exactly (no drawn token reaches it). Decoded pixels still shift a little everywhere (the
+decoder's GroupNorm sees the whole image), so the Inpaint Composite node pastes the original pixels
+back outside the mask. What it costs: where a coarse token straddles the mask edge it is kept, so
+the painted area keeps the image's coarsest colour and layout and is regenerated from the scale
+whose tokens fit inside it: a small mask changes details, a large one also layout. Very coarse
+scales follow from the same rule: the 1x1 token (and the 2x2 ones) span the whole picture (a quarter
+of it), so they are drawn only when the mask covers (almost) all of it. That keeps the global colour
+and layout of a picture that is mostly kept, and a full mask is text-to-image exactly. Grow the mask
+(`grow`, or core Grow Mask) to give the painted area more freedom at coarse scales, at the cost of
+changing more of its surroundings.
 Shape legend: B images, L tokens of a scale (h*w), d_t bits per token.
 """
 from __future__ import annotations
@@ -60,10 +61,14 @@ class MaskRule:
     grow: int = 0
 
 
-def fit_mask(mask_BHW: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+def fit_mask(mask_BHW: torch.Tensor, size_hw: tuple[int, int],
+             picture_hw: tuple[int, int] | None = None) -> torch.Tensor:
     """A mask of any size `[B, h, w]` in the frame of a picture fitted to `size_hw` (scale to cover,
-    centre-crop, as Infinity Encode fits images), float32 in [0, 1]."""
+    centre-crop, as Infinity Encode fits images), float32 in [0, 1]. With `picture_hw` (the picture's own
+    size) a mask of another size is first stretched onto the picture, ComfyUI's convention."""
     m = mask_BHW.float().clamp(0, 1).unsqueeze(1)
+    if picture_hw is not None and tuple(m.shape[-2:]) != tuple(picture_hw):
+        m = F.interpolate(m, size=tuple(picture_hw), mode="bilinear", align_corners=False)
     H, W = size_hw
     if tuple(m.shape[-2:]) != (H, W):
         nh, nw, top, left = cover_box(tuple(m.shape[-2:]), size_hw)

@@ -9,7 +9,6 @@ Encode fits pictures (masks.fit_mask), so a mask drawn on the original picture l
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from comfy_api.latest import io, ui
 
 from ..infinity_core.errors import SamplingError
@@ -68,9 +67,7 @@ def carry_extras(latent_in: dict | None, latent_out: dict, indices: list[int] | 
 def encode_mask(m: torch.Tensor, image_hw: tuple[int, int], schedule: ScaleSchedule) -> tuple[torch.Tensor, str]:
     """A mask `[M, h, w]` (read_mask) for the encoded picture as the LATENT's noise_mask `[M, 1, H, W]` in the
     latent's frame: resized to the picture (ComfyUI's convention), then scaled and cropped with it."""
-    if tuple(m.shape[-2:]) != tuple(image_hw):
-        m = F.interpolate(m.unsqueeze(1), size=image_hw, mode="bilinear", align_corners=False).squeeze(1)
-    fitted = fit_mask(m, schedule.image_hw).unsqueeze(1).to(glue.intermediate_device())
+    fitted = fit_mask(m, schedule.image_hw, image_hw).unsqueeze(1).to(glue.intermediate_device())
     painted = fitted.mean().item()
     if painted == 0:
         return fitted, ("; the mask is empty, so the sampler will keep every token (Load Image gives an empty mask "
@@ -97,7 +94,8 @@ class InfinityInpaintComposite(io.ComfyNode):
                                               "one given to Infinity Encode or Set Latent Noise Mask."),
                 io.Int.Input("feather", default=16, min=0, max=512, step=1,
                              tooltip="Pixels over which the generated image fades into the original outside the mask "
-                                     "(one token is 16 px; the decoder changes pixels near the mask's edge)."),
+                                     "(one token is 16 px). Decoding shifts pixels a little everywhere, most near the "
+                                     "mask; beyond the feather the original is put back exactly."),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The original with the regenerated part in it.")],
         )

@@ -10,7 +10,7 @@ model was trained for it.
 
 Mask convention (ComfyUI's `noise_mask`): 1 = regenerate, 0 = keep the image; soft values allowed.
 
-Pixel mask -> token masks (`regenerate_masks`; the rule is tested in tests/test_masks.py):
+Pixel mask -> token masks (`regenerate_masks`; the rule is tested in tests/test_sampler_masks.py):
 1. fit the mask to the encoded image's frame exactly as Infinity Encode fits the image (scale to
    cover, centre-crop: `images.cover_box`), so a mask drawn on the original picture lines up;
 2. painted pixels P: mask above `threshold` (default 0, any value); the region allowed to change

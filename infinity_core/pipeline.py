@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .conditioning import TextEmbedding
+from .devices import attention_plan_for
 from .errors import PromptError
 from .images import decode_tiled, to_rgb01
 from .loading import pair
@@ -56,8 +57,9 @@ def generate(transformer: InfinityTransformer, tokenizer: BitwiseTokenizer, text
         text_encoder.to("cpu")  # its job is done: give the accelerator's memory to the sampler
     schedule = schedule_for_size(request.width, request.height, request.budget)
     guided = any(c != 1 for c in request.settings.per_scale(schedule.num_scales)[0])
-    require_memory(sampling_bytes(transformer.config, schedule, request.batch, guided, compute_dtype),
-                   available_bytes(device), f"sampling {request.batch} image(s) at {schedule.image_hw}",
+    need = sampling_bytes(transformer.config, schedule, request.batch, guided, compute_dtype,
+                          attention=attention_plan_for(torch.device(device), compute_dtype))
+    require_memory(need, available_bytes(device), f"sampling {request.batch} image(s) at {schedule.image_hw}",
                    hint="lower the batch size or the pixel budget")
     result: SampleResult = sample(
         transformer, text, schedule, generators=make_generators(request.seed, request.batch),

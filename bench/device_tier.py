@@ -16,12 +16,13 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS))
 
-from device_tier import decode_run, encode_run, pack_env, sampler_run  # noqa: E402
+from device_tier import decode_run, encode_run, host_bytes, pack_env, sampler_run  # noqa: E402
 
 MIB = 2 ** 20
 
 
-def _row(what, model, batch, load, checker, offloaded, scales: bool):
+def _row(what, model, batch, load, checker, handle, scales: bool):
+    offloaded = host_bytes(handle.patcher.model)
     total = checker.total
     phases = [t for label, t in checker.phases if label.startswith("scale")] if scales else []
     last = phases[-1] if phases else total

@@ -159,7 +159,7 @@ FUSED = AttentionPlan()
 
 def attention_plan(info: DeviceInfo, dtype: torch.dtype) -> AttentionPlan:
     if info.type == "mps":
-        return AttentionPlan(chunk=True, score_bytes=4, upcast_keys=UPCAST_KEYS)
+        return AttentionPlan(chunk=True, score_bytes=2 * 4, upcast_keys=UPCAST_KEYS)  # fp32 scores + softmax
     if info.nvidia and dtype == torch.bfloat16 and (info.capability or (0, 0)) < (8, 0):
         return AttentionPlan(chunk=True, score_bytes=2 * 2)  # bf16 math path: scores and their softmax
     return FUSED

@@ -37,7 +37,9 @@ _MATMULS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.
 _SDPA = aten.scaled_dot_product_attention.default
 # composite ops that are one kernel (one library call) on an accelerator: counted whole
 _WHOLE = {_SDPA, aten.linear.default, aten.matmul.default, aten.einsum.default, aten.layer_norm.default,
-          aten.group_norm.default, aten.conv2d.default, aten.softmax.int}
+          aten.group_norm.default, aten.conv2d.default, aten.softmax.int, aten.upsample_trilinear3d.vec,
+          aten.upsample_bilinear2d.vec, aten.upsample_nearest2d.vec, aten.adaptive_avg_pool3d.default,
+          aten.adaptive_avg_pool2d.default}
 _LINEAR = {aten.linear.default, aten.matmul.default, aten.einsum.default}
 _OUTPUTS: dict = {}  # (op, argument metadata) -> output metadata: meta kernels are slow Python
 
@@ -269,9 +271,8 @@ def on_device(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return module.to(device=DEVICE, dtype=dtype)
 
 
-def offload(module: torch.nn.Module) -> int:
+def offload(module: torch.nn.Module) -> torch.nn.Module:
     """Put a module's tensors on the host, as ComfyUI's lowvram leaves the modules that do not fit
     (the ops layers cast them per call). `to_empty` leaves the pages untouched: no real memory is
-    used for weights nobody reads. Returns the bytes offloaded."""
-    module.to_empty(device=HOST)
-    return sum(_nbytes(t) for t in module.state_dict().values())
+    used for weights nobody reads."""
+    return module.to_empty(device=HOST)

@@ -65,27 +65,32 @@ def _place(env, partial: bool):
         env.mm.load_models_gpu = lambda models, memory_required=0, force_full_load=False, **kw: None
 
 
+def host_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's tensors left on the host (what a partial load streams per call)."""
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values() if t.device == HOST)
+
+
 def transformer_handle(env, model: str, partial: bool):
     config, vae_config = shapes(env, model)
     ops = sys.modules["comfy.ops"].manual_cast
     module = on_device(env.core("transformer").InfinityTransformer(config, ops=ops, device=DEVICE), DTYPE).eval()
-    offloaded = sum(offload(block) for i, block in enumerate(module.blocks) if partial and i % 4 == 3)
+    for i, block in enumerate(module.blocks):
+        if partial and i % 4 == 3:
+            offload(block)
     patcher = sys.modules["comfy.model_patcher"].ModelPatcher(module, DEVICE, HOST)
-    types = _module(env, "nodes.types")
-    return types.ModelHandle(patcher, config, DTYPE, vae_config.patchify, f"infinity_{model}"), offloaded
+    return _module(env, "nodes.types").ModelHandle(patcher, config, DTYPE, vae_config.patchify, f"infinity_{model}")
 
 
 def tokenizer_handle(env, model: str, partial: bool, dtype=torch.float32):
     _, config = shapes(env, model)
     ops = sys.modules["comfy.ops"].manual_cast
     module = on_device(env.core("vae").BitwiseTokenizer(config, ops=ops, device=DEVICE), dtype).eval()
-    offloaded = 0
-    if partial:
-        for coder in (module.encoder, module.decoder):
-            stages = coder.down if hasattr(coder, "down") else coder.up
-            offloaded += sum(offload(stage) for i, stage in enumerate(stages) if i % 2 == 1)
+    for coder in (module.encoder, module.decoder):
+        for i, stage in enumerate(coder.down if hasattr(coder, "down") else coder.up):
+            if partial and i % 2 == 1:
+                offload(stage)
     patcher = sys.modules["comfy.model_patcher"].ModelPatcher(module, DEVICE, HOST)
-    return _module(env, "nodes.types").TokenizerHandle(patcher, config, dtype, f"vae_{model}"), offloaded
+    return _module(env, "nodes.types").TokenizerHandle(patcher, config, dtype, f"vae_{model}")
 
 
 def _use_stand_in(env, partial: bool):
@@ -96,16 +101,16 @@ def _use_stand_in(env, partial: bool):
 def sampler_run(env, model: str, batch: int, partial: bool, vae_preview: bool = False, budget: str = "1M"):
     """The Infinity Sampler node (Advanced with a VAE for decoded previews) for `batch` images at `budget`,
     cfg 3 with the learned null text, progress bar and previews on. Returns (checker with one phase per
-    scale plus 'finish', offloaded bytes)."""
+    scale plus 'finish', the model handle)."""
     _use_stand_in(env, partial)
-    handle, offloaded = transformer_handle(env, model, partial)
+    handle = transformer_handle(env, model, partial)
     sampling, types = _module(env, "nodes.sampling"), _module(env, "nodes.types")
     text = env.core("conditioning").TextEmbedding.from_single(torch.zeros(TEXT_TOKENS, handle.config.text_channels))
     inputs = dict(model=handle, positive=types.Conditioning(text, "a prompt"), width=1024, height=1024, budget=budget,
                   seed=SEED, batch_size=batch, cfg=3.0, tau=0.5)
     node = sampling.InfinitySampler
     if vae_preview:
-        node, inputs["vae"] = sampling.InfinitySamplerAdvanced, tokenizer_handle(env, model, False)[0]
+        node, inputs["vae"] = sampling.InfinitySamplerAdvanced, tokenizer_handle(env, model, False)
     checker = DeviceChecker()
     env.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: checker.split(f"scale {value}"))
     try:
@@ -115,13 +120,13 @@ def sampler_run(env, model: str, batch: int, partial: bool, vae_preview: bool = 
     finally:
         env.utils.set_progress_bar_global_hook(None)
     assert latent["samples"].device == HOST and all(b.device == HOST for b in latent["infinity"]["bits"])
-    return checker, offloaded
+    return checker, handle
 
 
 def decode_run(env, model: str, batch: int, partial: bool, budget: str = "1M"):
     """Infinity Decode of a `batch` of host latents at `budget` (whole image)."""
     _use_stand_in(env, partial)
-    vae, offloaded = tokenizer_handle(env, model, partial)
+    vae = tokenizer_handle(env, model, partial)
     schedule = env.core("schedules").ScaleSchedule(1.0, budget)
     H, W = schedule.vae_grids(vae.patchify)[-1]
     latent = {"samples": torch.zeros(batch, vae.config.codebook_dim, H, W)}
@@ -129,17 +134,17 @@ def decode_run(env, model: str, batch: int, partial: bool, budget: str = "1M"):
     with checker, torch.inference_mode():
         image = _module(env, "nodes.latents").decode_latent(vae, latent, 0)
     assert image.device == HOST and image.shape == (batch, *schedule.image_hw, 3)
-    return checker, offloaded
+    return checker, vae
 
 
 def encode_run(env, model: str, batch: int, partial: bool, budget: str = "1M"):
     """Infinity Encode of a `batch` of host images already at the template's size."""
     _use_stand_in(env, partial)
-    vae, offloaded = tokenizer_handle(env, model, partial)
+    vae = tokenizer_handle(env, model, partial)
     schedule = env.core("schedules").ScaleSchedule(1.0, budget)
     image = torch.full((batch, *schedule.image_hw, 3), 0.5)
     checker = DeviceChecker()
     with checker, torch.inference_mode():
         latent, _ = _module(env, "nodes.latents").encode_image(vae, image, 0, 0, budget)
     assert latent["samples"].device == HOST and all(b.device == HOST for b in latent["infinity"]["bits"])
-    return checker, offloaded
+    return checker, vae

@@ -169,3 +169,14 @@ def test_cached_answers_follow_the_device(cuda, mps):
     assert devices.resize_kernels_for(torch.device("mps")).area_5d is False
     assert devices.resize_kernels_for(torch.device("cpu")).area_5d is True
     assert devices.ffn_rows_for(torch.device("cpu"), 256, torch.float32) == 512
+
+
+def test_cli_auto_device_prefers_cuda_then_mps(monkeypatch):
+    from infinity_core import cli
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert cli._device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert cli._device("auto") == torch.device("cpu") and cli._dtype("auto", torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli._device("auto") == torch.device("cuda") and cli._device("cuda:1") == torch.device("cuda:1")

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 DEVICE = torch.device("meta")
 HOST = torch.device("cpu")

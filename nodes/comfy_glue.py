@@ -124,7 +124,7 @@ def load_tokenizer(path: str) -> TokenizerHandle:
 
 def _unique_bytes(module: torch.nn.Module) -> int:
     """Weight bytes, each tensor once: ComfyUI sums the state dict, where T5's tied embedding appears twice
-    (`shared` and `encoder.embed_tokens`: 263 MB counted twice for flan-t5-xl in fp16)."""
+    (`shared` and `encoder.embed_tokens`: 132 MB counted twice for flan-t5-xl in fp16)."""
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 

@@ -123,11 +123,12 @@ def storage_dtype(requested: torch.dtype, info: DeviceInfo, compute: torch.dtype
 def text_encoder_dtype(requested: torch.dtype | None, info: DeviceInfo,
                        comfy_default: torch.dtype | None = None) -> torch.dtype:
     """T5's dtype where it runs. Default: fp32 on the CPU, else ComfyUI's text-encoder dtype (fp16
-    when that is not a dtype T5 loads in). fp16 on the CPU runs 5.4x slower than fp32 (measured, the
-    low-VRAM template under --lowvram), so it is loaded in fp32 there."""
+    when that is not a dtype T5 loads in). fp16 on the CPU is loaded in fp32: on CPUs without native fp16
+    (AMD, most desktop Intel) T5 ran 5.4x slower in fp16 (the low-VRAM template under --lowvram, measured
+    on an AMD EPYC VM); on an AVX512-FP16 Xeon fp16 and fp32 take the same time, so nothing is lost."""
     if not info.accelerator:
         if requested == torch.float16:
-            log.warning("fp16 text encoding on the CPU is about 5x slower than fp32: loading T5 in fp32")
+            log.warning("fp16 text encoding on the CPU is up to 5x slower than fp32: loading T5 in fp32")
             return torch.float32
         return requested or torch.float32
     if requested is not None:

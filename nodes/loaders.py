@@ -81,8 +81,8 @@ class InfinityTextEncoderLoader(io.ComfyNode):
                                        "it or the T5 tokenizer that ships with ComfyUI."),
                 io.Combo.Input("dtype", options=list(glue.TEXT_ENCODER_DTYPES), default="default",
                                tooltip="default: fp32 on the CPU, ComfyUI's text-encoder dtype (fp16) on a GPU. "
-                                       "fp16 on the CPU (e.g. under --lowvram) loads as fp32: fp16 is ~5x slower "
-                                       "there."),
+                                       "fp16 on the CPU (e.g. under --lowvram) loads as fp32: fp16 is up to 5x "
+                                       "slower there."),
             ],
             outputs=[InfinityTextEncoder.Output(display_name="text_encoder", tooltip="The T5 text encoder.")],
         )

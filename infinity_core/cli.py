@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from . import devices
 from .errors import InfinityError
 from .images import save_png
 
@@ -34,13 +35,15 @@ def _float_list(text: str):
 
 def _device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     return torch.device(name)
 
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: the device policy (bf16 on Ampere+/ROCm/Apple, fp16 on Volta/Turing, fp32 on CPUs)."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        return devices.compute_dtype(devices.describe(device))
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
@@ -94,7 +97,7 @@ def cmd_generate(args) -> int:
     transformer = load_transformer(args.transformer, dtype=dtype, device=device)
     tokenizer = load_tokenizer(args.vae, device=device)
     te_path = Path(args.text_encoder)
-    te_dtype = torch.float16 if device.type == "cuda" else torch.float32
+    te_dtype = devices.text_encoder_dtype(None, devices.describe(device))
     encoder = (T5TextEncoder.from_folder(te_path, dtype=te_dtype, device=device, tokenizer_dir=args.tokenizer)
                if te_path.is_dir() else
                T5TextEncoder.from_single_file(te_path, tokenizer_dir=args.tokenizer or te_path.parent,
@@ -166,8 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-scales", type=int, default=0,
                    help="with --image: scales kept whole from it (image-to-image), the mask applies after them")
     g.add_argument("--feather", type=int, default=16, help="with a mask: px of blending into the original")
-    g.add_argument("--device", default="auto")
-    g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    g.add_argument("--device", default="auto", help="auto = cuda, else mps, else cpu; or e.g. cuda:1")
+    g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="compute dtype; auto: bf16 on Ampere+ / ROCm / Apple (macOS 14+), fp16 on Volta/Turing, "
+                        "fp32 on CPUs (README: GPUs and Macs)")
     g.add_argument("--out", default="infinity.png")
     g.set_defaults(func=cmd_generate)
     c = sub.add_parser("convert", help="write a .safetensors copy of a .pth checkpoint (same keys)", parents=[common])

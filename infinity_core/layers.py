@@ -2,7 +2,7 @@
 
 Source: FoundationVision/Infinity `infinity/models/basic.py` (SelfAttention, CrossAttention, FFN,
 CrossAttnBlock, AdaLNBeforeHead) and `infinity.py` (TextAttentivePool). Differences, on purpose:
-flash-attn is replaced by `F.scaled_dot_product_attention` with key-padding masks; the KV cache is
+flash-attn is replaced by `attention.attention` (SDPA, with key-padding masks); the KV cache is
 pre-allocated; the cross-attention keys/values of the text are projected once per generation
 instead of once per scale; the zero key bias is folded into ordinary Linear biases (see
 `checkpoints.remap_transformer_keys`).
@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import attention
+from .devices import ffn_rows_for
 from .rope import apply_rope_
 
 MAX_SCALE_MUL = math.log(100.0)  # cosine-attention temperature bound (reference: log(100))
@@ -99,7 +101,7 @@ class SelfAttention(nn.Module):
         qk[0].mul_(temperature)
         apply_rope_(qk, rot_Lh)  # in place: qk is our own fresh tensor
         k_all, v_all = cache.append(qk[1].to(cache.k.dtype), qkv[2].to(cache.v.dtype))
-        o = F.scaled_dot_product_attention(qk[0].to(cache.k.dtype), k_all, v_all, scale=1.0)
+        o = attention(qk[0].to(cache.k.dtype), k_all, v_all, scale=1.0)
         return self.proj(o.transpose(1, 2).reshape(B, L, C).to(cdt))
 
 
@@ -121,7 +123,7 @@ class CrossAttention(nn.Module):
     def forward(self, h_BLC, k_BHTc, v_BHTc, mask_B11T, cdt):
         B, L, C = h_BLC.shape
         q = self.mat_q(h_BLC.to(cdt)).view(B, L, self.heads, self.head_dim).transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, k_BHTc, v_BHTc, attn_mask=mask_B11T)
+        o = attention(q, k_BHTc, v_BHTc, attn_mask=mask_B11T)
         return self.proj(o.transpose(1, 2).reshape(B, L, C))
 
 
@@ -133,10 +135,6 @@ def _resident(linear: nn.Module, like: torch.Tensor) -> bool:
 
 
 class FFN(nn.Module):
-    # Rows per pass at large scales, so the [rows, 4C] hidden activation never exists whole
-    # (CPU, layer12 at 0.25M: peak RSS -37 MiB, from 1.04 to 0.99 of the bound; speed unchanged).
-    CHUNK_ROWS = 512
-
     def __init__(self, dim: int, hidden: int, ops):
         super().__init__()
         self.fc1 = ops.Linear(dim, hidden, bias=True)
@@ -146,12 +144,15 @@ class FFN(nn.Module):
         # in place on fc1's fresh output: same kernel as F.gelu, one [rows, 4C] buffer fewer
         return self.fc2(torch._C._nn.gelu_(self.fc1(x), approximate="tanh"))
 
+    # Rows per pass at large scales, so the [rows, 4C] hidden activation never exists whole: on the
+    # CPU 512 (layer12 at 0.25M: peak RSS -37 MiB, from 1.04 to 0.99 of the bound; speed unchanged),
+    # on accelerators what fits the device's workspace (devices.ffn_rows: few, large matmuls).
     def forward(self, x_BLC):
-        rows = x_BLC.shape[:-1].numel()
-        if rows < 2 * self.CHUNK_ROWS or not (_resident(self.fc1, x_BLC) and _resident(self.fc2, x_BLC)):
+        rows, chunk = x_BLC.shape[:-1].numel(), ffn_rows_for(x_BLC.device, self.fc1.out_features, x_BLC.dtype)
+        if rows < 2 * chunk or not (_resident(self.fc1, x_BLC) and _resident(self.fc2, x_BLC)):
             return self._mlp(x_BLC)  # chunking would cast or move the weights once per chunk
         x_RC = x_BLC.reshape(rows, x_BLC.shape[-1])
-        out_RC = torch.cat([self._mlp(x) for x in x_RC.split(self.CHUNK_ROWS)])
+        out_RC = torch.cat([self._mlp(x) for x in x_RC.split(chunk)])
         return out_RC.view(*x_BLC.shape[:-1], out_RC.shape[-1])
 
 
@@ -211,7 +212,7 @@ class TextPool(nn.Module):
         B, T, _ = text_BTC.shape
         kv = self.mat_kv(text_BTC.to(cdt)).view(B, T, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q = _at(self.mat_q, kv, kv.dtype).unsqueeze(2).expand(B, -1, 1, -1)
-        o = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask_B11T)
+        o = attention(q, kv[0], kv[1], attn_mask=mask_B11T)
         return self.proj(o.reshape(B, self.heads * self.head_dim))
 
 

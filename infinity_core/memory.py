@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .config import InfinityConfig, VAEConfig
+from .devices import AttentionPlan
 from .errors import MemoryBudgetError
 from .schedules import TEMPLATES, ScaleSchedule
 
@@ -20,10 +21,27 @@ def kv_cache_bytes(config: InfinityConfig, schedule: ScaleSchedule, rows: int, d
     return rows * config.depth * tokens * config.embed_dim * 2 * dtype_bytes(dtype)
 
 
+def attention_bytes(config: InfinityConfig, schedule: ScaleSchedule, rows: int, dtype: torch.dtype,
+                    plan: AttentionPlan | None) -> int:
+    """What the attention backend allocates besides its output (devices.AttentionPlan): nothing with a
+    fused kernel; where it builds the score matrix, the slice `attention.attention` lets it build (at
+    most the plan's budget); where 16-bit inputs are upcast, fp32 copies of q, k and v."""
+    if plan is None:
+        return 0
+    L_last, L, C = max(schedule.tokens_per_scale), schedule.num_tokens, config.embed_dim
+    out = 0
+    if plan.chunk:
+        out += min(rows * config.num_heads * L_last * L * plan.score_bytes, plan.budget)
+    if plan.upcast(dtype, L):
+        out += rows * (2 * L + L_last) * C * 4
+    return out
+
+
 def sampling_bytes(config: InfinityConfig, schedule: ScaleSchedule, batch: int, guided: bool,
-                   dtype: torch.dtype, text_tokens: int = 512) -> int:
+                   dtype: torch.dtype, text_tokens: int = 512, attention: AttentionPlan | None = None) -> int:
     """KV cache + text keys/values + the largest scale's activations (fp32 residual stream, qkv, MLP,
-    logits). SDPA's fused kernels never hold a full attention matrix, so none is counted."""
+    logits) + what the device's attention backend allocates (`attention`: devices.attention_plan_for;
+    None = a fused kernel, which never holds a score matrix)."""
     rows = batch * (2 if guided else 1)
     L_last, L, C = max(schedule.tokens_per_scale), schedule.num_tokens, config.embed_dim
     text_kv = rows * config.depth * text_tokens * C * 2 * dtype_bytes(dtype)
@@ -33,7 +51,8 @@ def sampling_bytes(config: InfinityConfig, schedule: ScaleSchedule, batch: int, 
     stored_kv = kv_cache_bytes(config, schedule, rows, dtype, stored_only=True)
     rope_rows = max(sum(h * w for h, w in grids) for grids in TEMPLATES.values())
     rope_table = rope_rows * config.head_dim // 2 * 8  # complex64 rotations of the 1M schedule
-    return stored_kv + final_scale_kv + text_kv + activations + logits + rope_table
+    scores = attention_bytes(config, schedule, rows, dtype, attention)
+    return stored_kv + final_scale_kv + text_kv + activations + logits + rope_table + scores
 
 
 def _full_resolution_peak(ch_mult, base_ch: int, image_hw, batch: int, dtype) -> int:
@@ -55,11 +74,14 @@ def encode_bytes(config: VAEConfig, image_hw: tuple[int, int], batch: int, dtype
 
 
 def available_bytes(device) -> int | None:
-    """Free memory of a device (CUDA: driver's free memory; CPU: MemAvailable), or None if unknown."""
+    """Free memory of a device (CUDA: driver's free memory; MPS: Metal's recommended working set minus what is
+    allocated; CPU: MemAvailable), or None if unknown."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
+    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):  # unified memory Metal allows us
+        return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
     if device.type == "cpu":
         try:
             with open("/proc/meminfo") as fh:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .conditioning import TextEmbedding
+from .devices import attention_plan_for
 from .errors import PromptError, SamplingError
 from .images import decode_tiled, from_rgb01, to_rgb01
 from .loading import pair
@@ -67,8 +68,9 @@ def generate(transformer: InfinityTransformer, tokenizer: BitwiseTokenizer, text
     else:
         schedule, teacher = _image_teacher(tokenizer, request, layout.patchify, device)
     guided = any(c != 1 for c in request.settings.per_scale(schedule.num_scales)[0])
-    require_memory(sampling_bytes(transformer.config, schedule, request.batch, guided, compute_dtype),
-                   available_bytes(device), f"sampling {request.batch} image(s) at {schedule.image_hw}",
+    need = sampling_bytes(transformer.config, schedule, request.batch, guided, compute_dtype,
+                          attention=attention_plan_for(torch.device(device), compute_dtype))
+    require_memory(need, available_bytes(device), f"sampling {request.batch} image(s) at {schedule.image_hw}",
                    hint="lower the batch size or the pixel budget")
     result: SampleResult = sample(
         transformer, text, schedule, generators=make_generators(request.seed, request.batch),

@@ -16,6 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .resize import area_cells, trilinear_cells
+
 
 def bits_to_codes(bits_B1hwd: torch.Tensor) -> torch.Tensor:
     """Bits `[B, 1, h, w, d]` -> codes `[B, d, 1, h, w]`, each cell l2-normalised (float32)."""
@@ -29,20 +31,20 @@ def bits_to_codes(bits_B1hwd: torch.Tensor) -> torch.Tensor:
 def upsample_codes(codes_Bd1hw: torch.Tensor, size_HW: tuple[int, int]) -> torch.Tensor:
     if tuple(codes_Bd1hw.shape[-2:]) == tuple(size_HW):
         return codes_Bd1hw
-    return F.interpolate(codes_Bd1hw, size=(1, *size_HW), mode="trilinear")
+    return trilinear_cells(codes_Bd1hw, size_HW)
 
 
 def summed_codes(bits_per_scale: list[torch.Tensor], final_HW: tuple[int, int]) -> torch.Tensor:
     """Sum of every scale's codes at the final grid, `[B, d, 1, H, W]` (VAE-layout bits in)."""
     total = 0
     for bits in bits_per_scale:
-        total = total + F.interpolate(bits_to_codes(bits), size=(1, *final_HW), mode="trilinear")
+        total = total + trilinear_cells(bits_to_codes(bits), final_HW)
     return total
 
 
 def next_scale_input(summed_Bd1HW: torch.Tensor, grid_hw: tuple[int, int], patchify: bool) -> torch.Tensor:
     """Transformer input of the next scale: the running sum resampled to its grid, `[B, h*w, d_t]`."""
-    x = F.interpolate(summed_Bd1HW, size=(1, *grid_hw), mode="trilinear").squeeze(-3)
+    x = trilinear_cells(summed_Bd1HW, grid_hw).squeeze(-3)
     if patchify:
         x = F.pixel_unshuffle(x, 2)
     return x.flatten(2).transpose(1, 2)
@@ -83,10 +85,10 @@ def quantize_multiscale(z_BdHW: torch.Tensor, grids: list[tuple[int, int]]):
     H, W = residual.shape[-2:]
     total, bits = 0, []
     for h, w in grids:
-        r = residual if (h, w) == (H, W) else F.interpolate(residual, size=(1, h, w), mode="area")
+        r = residual if (h, w) == (H, W) else area_cells(residual, (h, w))
         q, b = _quantize_cells(r)
         bits.append(b)
-        q_up = q if (h, w) == (H, W) else F.interpolate(q, size=(1, H, W), mode="trilinear").contiguous()
+        q_up = q if (h, w) == (H, W) else trilinear_cells(q, (H, W)).contiguous()
         residual = residual - q_up
         total = total + q_up
     return total.squeeze(2), bits

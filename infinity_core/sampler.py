@@ -98,16 +98,37 @@ def mask_logits_(logits_BN2: torch.Tensor, top_k: int, top_p: float) -> torch.Te
 
 
 def draw_bits(probs_BN2: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """One multinomial draw for the whole batch (one generator), or one per image (one per image)."""
+    """Bits `[B, N]` uint8 on the probabilities' device: one multinomial draw for the whole batch (one
+    generator), or one per image (one generator per image), as the reference draws.
+
+    On the generators' device this is `torch.multinomial`. Elsewhere (CPU generators, the model on an
+    accelerator) it is the same draw without moving the probabilities: a one-sample multinomial is
+    PyTorch's `argmax(p / q)` with `q ~ Exp(1)` of the probabilities' shape from the generator, so q is
+    drawn on the host (the only per-image work: one stream per generator), sent over, and compared on
+    the device. Same bits, same generator states afterwards, no sync (tests/test_sampler.py)."""
     B, N, _ = probs_BN2.shape
-    dev = generators[0].device
-    probs = probs_BN2.to(dev)
+    if probs_BN2.device == generators[0].device:
+        if len(generators) == 1:
+            out = torch.multinomial(probs_BN2.view(-1, 2), 1, replacement=True, generator=generators[0]).view(B, N)
+        else:
+            out = torch.stack([torch.multinomial(probs_BN2[b], 1, replacement=True, generator=g).view(N)
+                               for b, g in enumerate(generators)])
+        return out.to(torch.uint8)
+    return exponential_race(probs_BN2, generators)
+
+
+def exponential_race(probs_BN2: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """`torch.multinomial(p, 1, replacement=True)`'s algorithm with q drawn on the generators' device."""
+    B, N, _ = probs_BN2.shape
+    pinned = probs_BN2.device.type == "cuda"  # page-locked: the copy runs without blocking the host
+    q_BN2 = torch.empty(B, N, 2, dtype=probs_BN2.dtype, device=generators[0].device, pin_memory=pinned)
     if len(generators) == 1:
-        out = torch.multinomial(probs.view(-1, 2), 1, replacement=True, generator=generators[0]).view(B, N)
+        q_BN2.view(-1, 2).exponential_(generator=generators[0])
     else:
-        out = torch.stack([torch.multinomial(probs[b], 1, replacement=True, generator=g).view(N)
-                           for b, g in enumerate(generators)])
-    return out.to(probs_BN2.device)
+        for q_N2, g in zip(q_BN2, generators):
+            q_N2.exponential_(generator=g)
+    q_BN2 = q_BN2.to(probs_BN2.device, non_blocking=pinned)
+    return torch.div(probs_BN2, q_BN2).argmax(dim=-1).to(torch.uint8)
 
 
 def make_generators(seed: int, batch: int, device="cpu", per_image: bool = True,

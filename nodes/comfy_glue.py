@@ -18,7 +18,9 @@ import folder_paths
 import torch
 
 from ..infinity_core.errors import CheckpointError, MemoryBudgetError
-from ..infinity_core.loading import build_tokenizer, build_transformer, tokenizer_state_dict, transformer_state_dict
+from ..infinity_core import devices
+from ..infinity_core.loading import (build_tokenizer, build_transformer, storage_cast, tokenizer_state_dict,
+                                     transformer_state_dict)
 from .types import ModelHandle, TextEncoderHandle, TokenizerHandle
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,6 @@ TRANSFORMER_FOLDERS = (INFINITY_FOLDER, "diffusion_models")
 TOKENIZER_FOLDERS = (INFINITY_FOLDER, "vae")
 TEXT_ENCODER_FOLDERS = ("text_encoders",)
 _SHARD = re.compile(r"-(\d+)-of-\d+\.[A-Za-z0-9]+$")
-_FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
                  "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 TEXT_ENCODER_DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -87,27 +88,24 @@ def _file_dtype(sd: dict[str, torch.Tensor]) -> torch.dtype:
     return counts.most_common(1)[0][0] if counts else torch.float32
 
 
-def _compute_dtype(storage: torch.dtype, device) -> torch.dtype:
-    if storage == torch.float32:
-        return torch.float32
-    return torch.bfloat16 if mm.should_use_bf16(device) else torch.float32
-
-
-def _storage_cast(sd: dict[str, torch.Tensor], storage: torch.dtype, compute: torch.dtype) -> dict[str, torch.Tensor]:
-    """fp8 is for the big matrices only; embeddings and bare parameters keep the compute dtype."""
-    def target(key, t):
-        matrix = t.ndim == 2 and key.endswith(".weight") and not key.startswith("lvl_embed")
-        return storage if storage not in _FP8 or matrix else compute
-    return {k: v.to(target(k, v)) if v.is_floating_point() else v for k, v in sd.items()}
+def _dtypes(load_device, requested: torch.dtype | None, params: int, file_dtype: torch.dtype):
+    """(storage, compute) of the transformer: ComfyUI picks the storage (its flags, e.g. --fp8_e4m3fn-unet,
+    --fp64-unet, or what fits) and answers which 16-bit dtypes the device computes in; the device policy
+    adds what the device cannot hold (fp8 / fp64 on MPS) and turns the answers into one compute dtype."""
+    info = devices.describe(load_device)
+    storage = requested or mm.unet_dtype(load_device, params, [torch.bfloat16, torch.float16, torch.float32],
+                                         weight_dtype=file_dtype)
+    use_bf16, use_fp16 = mm.should_use_bf16(load_device), mm.should_use_fp16(load_device)
+    compute = devices.compute_dtype(info, comfy_bf16=use_bf16, comfy_fp16=use_fp16, storage=storage)
+    holds_fp8 = mm.supports_cast(load_device, torch.float8_e4m3fn)  # ComfyUI's table names e4m3fn for "fp8"
+    return devices.storage_dtype(storage, info, compute, can_hold=None if holds_fp8 else False), compute
 
 
 def load_transformer(path: str, weight_dtype: str, spatial_patchify: str) -> ModelHandle:
     config, sd = transformer_state_dict(path)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
-    storage = WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(
-        load_device, config.num_params(), [torch.bfloat16, torch.float32], weight_dtype=_file_dtype(sd))
-    compute = _compute_dtype(storage, load_device)
-    module = build_transformer(config, _storage_cast(sd, storage, compute), path=path, device=offload_device,
+    storage, compute = _dtypes(load_device, WEIGHT_DTYPES[weight_dtype], config.num_params(), _file_dtype(sd))
+    module = build_transformer(config, storage_cast(sd, storage, compute), path=path, device=offload_device,
                                ops=comfy.ops.manual_cast)
     patchify = {"auto": config.patchify_guess, "on": True, "off": False}[spatial_patchify]
     log.info("Infinity transformer %s: weights %s, compute %s, patchify %s", path, storage, compute, patchify)
@@ -122,6 +120,12 @@ def load_tokenizer(path: str) -> TokenizerHandle:
     module = build_tokenizer(config, sd, path=path, dtype=dtype, device=offload_device, ops=comfy.ops.manual_cast)
     patcher = comfy.model_patcher.ModelPatcher(module, load_device, offload_device)
     return TokenizerHandle(patcher, config, dtype, os.path.basename(path))
+
+
+def _unique_bytes(module: torch.nn.Module) -> int:
+    """Weight bytes, each tensor once: ComfyUI sums the state dict, where T5's tied embedding appears twice
+    (`shared` and `encoder.embed_tokens`: 132 MB counted twice for flan-t5-xl in fp16)."""
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
 class _T5Holder(torch.nn.Module):
@@ -145,10 +149,10 @@ def _tokenizer_dir(folder: Path) -> Path:
 def load_text_encoder(path: str, dtype_name: str) -> TextEncoderHandle:
     from ..infinity_core.text_encoder import T5TextEncoder  # needs transformers; only this loader does
     load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
-    dtype = TEXT_ENCODER_DTYPES[dtype_name]
-    if dtype is None:  # T5 computes in fp32 on the CPU; on a GPU ComfyUI's text-encoder dtype (fp16, or its flag)
-        dtype = torch.float32 if torch.device(load_device).type == "cpu" else mm.text_encoder_dtype(load_device)
-        dtype = dtype if dtype in TEXT_ENCODER_DTYPES.values() else torch.float16
+    # fp32 on the CPU (also under --lowvram, where T5 runs there: fp16 is up to 5x slower); on a GPU ComfyUI's
+    # text-encoder dtype (fp16, or its flag)
+    dtype = devices.text_encoder_dtype(TEXT_ENCODER_DTYPES[dtype_name], devices.describe(load_device),
+                                       comfy_default=mm.text_encoder_dtype(load_device))
     file = Path(path)
     if (file.parent / "config.json").is_file():
         encoder = T5TextEncoder.from_folder(file.parent, dtype=dtype, device=offload_device,
@@ -156,7 +160,8 @@ def load_text_encoder(path: str, dtype_name: str) -> TextEncoderHandle:
     else:
         encoder = T5TextEncoder.from_single_file(file, tokenizer_dir=_tokenizer_dir(file.parent), dtype=dtype,
                                                  device=offload_device)
-    patcher = comfy.model_patcher.ModelPatcher(_T5Holder(encoder.model), load_device, offload_device)
+    holder = _T5Holder(encoder.model)
+    patcher = comfy.model_patcher.ModelPatcher(holder, load_device, offload_device, size=_unique_bytes(holder))
     return TextEncoderHandle(patcher, encoder, os.path.basename(path))
 
 

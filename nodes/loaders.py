@@ -22,8 +22,10 @@ class InfinityTransformerLoader(io.ComfyNode):
                                tooltip="Transformer checkpoint (.pth / .safetensors, or *.index.json of a sharded "
                                        "model) in models/infinity or models/diffusion_models."),
                 io.Combo.Input("weight_dtype", options=list(glue.WEIGHT_DTYPES), default="default",
-                               tooltip="Storage dtype of the weights. default: bf16 on GPUs that support it, else "
-                                       "fp32. fp8 saves memory; computation still runs in bf16/fp32."),
+                               tooltip="Storage dtype of the weights. default: what ComfyUI picks for the device "
+                                       "(bf16 on Ampere and newer and on Macs, fp16 on older NVIDIA, fp32 on CPUs). "
+                                       "fp8 stores the blocks' attention/FFN matrices in 8 bits (Macs cannot hold "
+                                       "fp8: kept in bf16 there); computation runs in bf16/fp16/fp32."),
                 io.Combo.Input("spatial_patchify", options=["auto", "on", "off"], default="auto", optional=True,
                                tooltip="Whether one token covers 2x2 latent cells (Infinity-8B). auto decides from "
                                        "the checkpoint's bits per token."),
@@ -78,7 +80,9 @@ class InfinityTextEncoderLoader(io.ComfyNode):
                                        "config.json loads that whole folder; a lone file uses the tokenizer beside "
                                        "it or the T5 tokenizer that ships with ComfyUI."),
                 io.Combo.Input("dtype", options=list(glue.TEXT_ENCODER_DTYPES), default="default",
-                               tooltip="default: fp32 on the CPU, ComfyUI's text-encoder dtype (fp16) on a GPU."),
+                               tooltip="default: fp32 on the CPU, ComfyUI's text-encoder dtype (fp16) on a GPU. "
+                                       "fp16 on the CPU (e.g. under --lowvram) loads as fp32: fp16 is up to 5x "
+                                       "slower there."),
             ],
             outputs=[InfinityTextEncoder.Output(display_name="text_encoder", tooltip="The T5 text encoder.")],
         )

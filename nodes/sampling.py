@@ -7,15 +7,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from comfy_api.latest import io, ui
 from PIL import Image
 
+from ..infinity_core.devices import attention_plan_for
 from ..infinity_core.errors import IncompatibleModelsError, PromptError, SamplingError
 from ..infinity_core.images import preview_rgb, to_rgb01
 from ..infinity_core.loading import pair
 from ..infinity_core.memory import decode_bytes, sampling_bytes
 from ..infinity_core.quantizer import token_bits_to_vae
+from ..infinity_core.resize import area_2d
 from ..infinity_core.sampler import SamplerSettings, make_generators, sample
 from ..infinity_core.schedules import MAX_SIDE, MIN_SIDE
 from . import comfy_glue as glue
@@ -132,8 +133,8 @@ def _previewer(grids, vae: TokenizerHandle | None):
         if vae is None:
             rgb = preview_rgb(step.summed_codes_Bd1HW[:1], glue.PREVIEW_SIZE)[0]
         else:
-            z = F.interpolate(step.summed_codes_Bd1HW[:1, :, 0].float(),
-                              size=_preview_grid(grids[step.index], vae.config.patch_size), mode="area")
+            grid = _preview_grid(grids[step.index], vae.config.patch_size)
+            z = area_2d(step.summed_codes_Bd1HW[:1, :, 0].float(), grid)
             rgb = to_rgb01(vae.patcher.model.decode(z.to(vae.patcher.load_device, vae.dtype)))[0]
         return Image.fromarray(rgb.mul(255).round().to(torch.uint8).cpu().numpy())
     return preview
@@ -142,7 +143,9 @@ def _previewer(grids, vae: TokenizerHandle | None):
 def _run(model: ModelHandle, schedule, texts, settings: SamplerSettings, seed: int, batch: int, teacher,
          indices, stop_after: int, vae: TokenizerHandle | None, node_id):
     cfg_values, _ = settings.per_scale(schedule.num_scales)
-    need = sampling_bytes(model.config, schedule, batch, any(c != 1 for c in cfg_values), model.compute_dtype)
+    attention = attention_plan_for(model.patcher.load_device, model.compute_dtype)
+    need = sampling_bytes(model.config, schedule, batch, any(c != 1 for c in cfg_values), model.compute_dtype,
+                          attention=attention)
     if vae is not None:  # previews decode at most PREVIEW_SIZE px
         need += decode_bytes(vae.config, (glue.PREVIEW_SIZE, glue.PREVIEW_SIZE), 1, vae.dtype)
     h, w = schedule.image_hw

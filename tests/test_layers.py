@@ -1,4 +1,4 @@
-"""Transformer building blocks on their own: the row-chunked FFN."""
+"""Transformer building blocks on their own: the row-chunked FFN (CPU chunks; accelerators from a budget)."""
 import torch
 
 from infinity_core import ops
@@ -31,3 +31,19 @@ def test_chunked_ffn_equals_one_pass_and_only_chunks_resident_weights(monkeypatc
     stored_bf16 = _ffn(dtype=torch.bfloat16)  # every chunk would cast the weights again: one pass
     stored_bf16(x_BLC)
     assert calls == [torch.Size([2, 700, 64])]
+
+
+def test_on_an_accelerator_the_ffn_chunks_only_beyond_the_workspace(monkeypatch):
+    from infinity_core import devices, layers
+    gpu = devices.DeviceInfo("cuda", capability=(9, 0))
+    monkeypatch.setattr(layers, "ffn_rows_for", lambda device, hidden, dtype: devices.ffn_rows(gpu, hidden, dtype))
+    ffn = _ffn()
+    x_BLC = torch.randn(2, 700, 64, generator=torch.Generator().manual_seed(1))
+    calls, mlp = [], FFN._mlp
+    monkeypatch.setattr(FFN, "_mlp", lambda self, x: calls.append(x.shape) or mlp(self, x))
+    ffn(x_BLC)
+    assert calls == [torch.Size([2, 700, 64])]  # 1400 rows of 256: far below 512 MiB, one pass (was 3)
+    monkeypatch.setattr(devices, "WORKSPACE_BYTES", 256 * 4 * 600)  # a budget of 600 rows
+    calls.clear()
+    assert torch.equal(ffn(x_BLC), mlp(ffn, x_BLC))
+    assert [s[0] for s in calls] == [600, 600, 200]

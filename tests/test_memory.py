@@ -5,6 +5,7 @@ import torch
 from infinity_core.config import InfinityConfig, VAEConfig
 from infinity_core.memory import decode_bytes, encode_bytes, sampling_bytes
 from infinity_core.random_models import random_tokenizer, random_transformer
+from infinity_core.rope import rope_table
 from infinity_core.sampler import make_generators, sample
 from infinity_core.schedules import ScaleSchedule
 from live_bytes import LiveBytes
@@ -13,6 +14,7 @@ WIDE = InfinityConfig(depth=4, embed_dim=256, num_heads=4, bits_per_token=32, te
 
 
 def measured(fn) -> int:
+    rope_table.cache_clear()  # built during the run, as in a first generation, whatever ran before
     meter = LiveBytes()
     with meter, torch.no_grad():
         fn()
@@ -39,3 +41,24 @@ def test_tokenizer_estimates_bound_the_peaks():
     encode_peak = measured(lambda: vae.encode_features(torch.randn(1, 3, *hw)))
     assert decode_peak <= decode_bytes(cfg, hw, 1, torch.float32) <= 2 * decode_peak
     assert encode_peak <= encode_bytes(cfg, hw, 1, torch.float32) <= 2 * encode_peak
+
+
+def test_the_estimate_counts_what_a_score_matrix_backend_allocates(tiny_config, prompt, monkeypatch):
+    """MPS (and bf16 on pre-Ampere NVIDIA) build the whole score matrix: emulated here on CPU. Unchunked
+    it lies outside the old estimate; chunked by the device's plan, the plan's estimate bounds the peak."""
+    from test_device_paths import _materialising_sdpa
+    from infinity_core import attention as attention_module
+    from infinity_core.devices import AttentionPlan
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", _materialising_sdpa([]))
+    model, schedule = random_transformer(WIDE, seed=0), ScaleSchedule(1.0, "0.25M")
+    text = prompt.null_like(torch.randn(512, 256))
+    run = lambda: sample(model, text, schedule, generators=make_generators(0, 1))  # noqa: E731
+    unchunked = AttentionPlan(chunk=True, score_bytes=8, budget=2**40)
+    monkeypatch.setattr(attention_module, "attention_plan_for", lambda device, dtype: unchunked)
+    fused_estimate = sampling_bytes(WIDE, schedule, 1, True, torch.float32, text_tokens=text.lens[0])
+    assert measured(run) > 1.5 * fused_estimate
+    plan = AttentionPlan(chunk=True, score_bytes=8, budget=2 * 2**20)
+    monkeypatch.setattr(attention_module, "attention_plan_for", lambda device, dtype: plan)
+    peak = measured(run)
+    estimate = sampling_bytes(WIDE, schedule, 1, True, torch.float32, text_tokens=text.lens[0], attention=plan)
+    assert peak <= estimate <= 1.5 * peak, (peak, estimate)

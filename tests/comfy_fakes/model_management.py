@@ -60,6 +60,14 @@ def should_use_bf16(device=None, model_params=0, prioritize_performance=True, ma
     return False  # False for every CPU device in ComfyUI
 
 
+def should_use_fp16(device=None, model_params=0, prioritize_performance=True, manual_cast=False):
+    return False  # False for every CPU device in ComfyUI
+
+
+def supports_cast(device, dtype):
+    return dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
+
+
 def vae_dtype(device=None, allowed_dtypes=()):
     return torch.float32
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import detect_kind, read_file, remap_transformer_keys, remap_vae_keys, unwrap_state_dict
-from .config import infinity_config_from_state_dict, preset_name, vae_config_from_state_dict
+from .checkpoints import detect_kind, read_file, unwrap_state_dict
+from .config import preset_name
 from .errors import CheckpointError
+from .loading import tokenizer_config, transformer_config
 
 
 def _file_state_dict(path) -> tuple[str, dict[str, torch.Tensor]]:
@@ -42,10 +43,10 @@ def describe(path) -> str:
     lines = [f"file: {path}", f"kind: {kind.replace('_', ' ')}", f"tensors: {len(sd)} ({params:,} values; "
              + ", ".join(f"{n} {d}" for d, n in dtypes.most_common()) + ")"]
     if kind == "infinity_transformer":
-        config = infinity_config_from_state_dict(remap_transformer_keys(sd))
+        config, _ = transformer_config(sd, path)
         lines += [f"preset: {preset_name(config) or 'custom size'}", f"config: {config}",
                   f"bits per token: {config.bits_per_token} (spatial patchify guess: {config.patchify_guess})"]
     elif kind == "bitwise_tokenizer":
-        config = vae_config_from_state_dict(remap_vae_keys(sd))
+        config, _ = tokenizer_config(sd, path)
         lines += [f"preset: {preset_name(config) or 'custom size'}", f"config: {config}"]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from . import validation
 from .conditioning import TextEmbedding
 from .errors import SamplingError
 from .quantizer import bits_to_codes, next_scale_input, token_bits_to_vae, upsample_codes, vae_bits_to_tokens
@@ -45,8 +46,9 @@ class SamplerSettings:
     def validate(self, depth: int, num_scales: int) -> None:
         """Raise SamplingError for settings that cannot run (callers may check before loading models;
         `sample` checks again)."""
-        _, taus = self.per_scale(num_scales)
+        cfgs, taus = self.per_scale(num_scales)
         _guidance(self, depth)
+        validation.sampler_numbers(cfgs, taus, self.top_p)
         if not 0 <= self.top_p <= 1 or self.top_k < 0:
             raise SamplingError(f"top_k {self.top_k} / top_p {self.top_p} out of range",
                                 hint="top_k >= 0 (1 = greedy per bit), 0 <= top_p <= 1 (0 = off)")
@@ -159,6 +161,7 @@ def sample(
     B = text.batch if batch is None else batch
     if B < 1:
         raise SamplingError(f"batch size must be at least 1, got {B}", hint="generate 1 or more images")
+    validation.text_features(text, negative, model.config.text_channels)
     settings.validate(len(model.blocks), schedule.num_scales)
     n = schedule.num_scales if stop_after is None else max(1, min(stop_after, schedule.num_scales))
     cfg_list, tau_list = settings.per_scale(schedule.num_scales)
@@ -187,6 +190,7 @@ def sample(
             logits = logits.reshape(B, -1, 2)
             if record_logits:
                 logits_out.append(logits.clone())
+            validation.scale_logits(logits, si, n, compute_dtype)  # fp16 overflow: named, not multinomial's crash
             probs = mask_logits_(logits, settings.top_k, settings.top_p).softmax(dim=-1)
             bits = draw_bits(probs, generators).view(B, schedule.tokens_per_scale[si], -1).to(torch.uint8)
             if si < len(teacher_bits):

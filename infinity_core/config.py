@@ -138,7 +138,8 @@ def _count(keys, pattern: str) -> int:
     found = {int(m.group(1)) for k in keys if (m := rx.match(k))}
     if found and len(found) != max(found) + 1:
         gaps = [i for i in range(len(found) + 5) if i not in found]  # the first gaps, without range(max)
-        raise CheckpointError(f"the tensors named like '{pattern}' skip number(s) {gaps[:5]} (found {len(found)}, "
+        named = pattern.replace(r"\.", ".").replace(r"(\d+)", "N")
+        raise CheckpointError(f"the tensors named like '{named}' skip number(s) {gaps[:5]} (found {len(found)}, "
                               f"highest {max(found)})", hint="the file is incomplete or damaged; download it again")
     return len(found)
 

@@ -130,16 +130,18 @@ def comfy_image(image_BHWC: torch.Tensor) -> torch.Tensor:
 
 
 def tokenizer_image(image_B3HW: torch.Tensor, stride: int) -> torch.Tensor:
-    """Encoder input `[B, C, H, W]` in [-1, 1] as `[B, 3, H, W]`, checked; each side at least `stride` px
-    (below it the strided convolutions leave no pixel)."""
+    """Encoder input `[B, C, H, W]` in [-1, 1] as `[B, 3, H, W]`, checked. Each side must be at least twice
+    the stride: the deepest layers see floor(side / stride) cells, none below the stride, and a single
+    cell can leave a GroupNorm group with one value (an error in torch)."""
     layout = "[B, 3, H, W]"
     if image_B3HW.ndim != 4:
         raise InputError(f"the bitwise tokenizer encodes {layout} images, got {tuple(image_B3HW.shape)}",
                          hint="add the batch dimension (image[None]); ComfyUI IMAGEs go through images.from_rgb01")
     h, w = image_B3HW.shape[-2:]
-    if image_B3HW.shape[0] == 0 or min(h, w) < stride:
+    least = 2 * stride
+    if image_B3HW.shape[0] == 0 or min(h, w) < least:
         raise InputError(f"the image is {w}x{h} px (batch {image_B3HW.shape[0]}); the bitwise tokenizer needs at "
-                         f"least {stride}x{stride} px (its stride) and one image",
+                         f"least {least}x{least} px (twice its stride) and one image",
                          hint="scale the image up to the schedule's size first (Infinity Encode does this)")
     image = _as_rgb(image_B3HW, 1, layout)
     _pixel_values(image, layout)

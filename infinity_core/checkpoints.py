@@ -15,7 +15,6 @@ import json
 import logging
 import pickle
 import re
-import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
@@ -42,20 +41,31 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
                                    "page and download it again") from None
 
 
+# torch's weights-only unpickler says this when a file asks for code (a global, a call, an object) it does not allow
+_CODE_REFUSAL = re.compile(r"GLOBAL (\S+)|reduce for unrecognized function|create new object")
+
+
 def _load_pickle(path: Path):
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        asked = _CODE_REFUSAL.search(str(err))
+        if asked is None:  # e.g. "Unsupported operand": a damaged pickle stream, not a request for code
+            raise _unreadable_pickle(path, err) from None
+        reason = f"it names {asked.group(1)}" if asked.group(1) else asked.group(0)
         raise CheckpointError(f"refused to load: the file contains Python objects, not only tensors ({reason})",
                               path=str(path),
                               hint="loading it could run code from the file. Use a .safetensors version of the model, "
                                    "or a plain state-dict .pth from the official release") from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as err:
-        detail = (str(err).splitlines() or [""])[0][:200]
-        raise CheckpointError(f"not a readable PyTorch checkpoint ({type(err).__name__}: {detail})", path=str(path),
-                              hint="the file is truncated, corrupt, or not a model file; download it again") from None
+    except Exception as err:  # a damaged stream makes the unpickler raise anything (IndexError, ...)
+        raise _unreadable_pickle(path, err) from None
+
+
+def _unreadable_pickle(path: Path, err: Exception) -> CheckpointError:
+    detail = (str(err).splitlines() or [""])[0][:200]
+    return CheckpointError(f"not a readable PyTorch checkpoint ({type(err).__name__}: {detail})", path=str(path),
+                           hint="the file is truncated, corrupt, or not a model file; download it again")
 
 
 MAX_INDEX_BYTES = 64 * 2**20  # Infinity-8B's index is about 100 KB: a bigger "index" is not one

@@ -161,7 +161,7 @@ def sample(
     B = text.batch if batch is None else batch
     if B < 1:
         raise SamplingError(f"batch size must be at least 1, got {B}", hint="generate 1 or more images")
-    validation.text_features(text, negative, model.config.text_channels)
+    validation.sample_call(model.config, text, negative, schedule.num_scales)
     settings.validate(len(model.blocks), schedule.num_scales)
     n = schedule.num_scales if stop_after is None else max(1, min(stop_after, schedule.num_scales))
     cfg_list, tau_list = settings.per_scale(schedule.num_scales)

@@ -1,8 +1,8 @@
 """Checks at the core's entry points: every caller (command line, nodes, scripts) gets the same named
 error with a HINT instead of a deep torch traceback, or a silently wrong picture.
 
-Where they run: `SamplerSettings.validate` (numbers), `sample` (text features on entry, the logits of
-every scale), `BitwiseTokenizer` (images in, latents in, and what its encoder and decoder give back),
+Where they run: `SamplerSettings.validate` (numbers), `sample` (text and schedule on entry, the logits
+of every scale), `BitwiseTokenizer` (images in, latents in, and what its encoder and decoder give back),
 `images.from_rgb01` (ComfyUI IMAGEs). The nodes call the same functions under `about(widget)` before
 loading any model, so their errors also name the socket or widget.
 
@@ -66,7 +66,20 @@ def sampler_numbers(cfgs: Sequence[float], taus: Sequence[float], top_p: float) 
             raise SamplingError(f"{name} must be a finite number, got {bad[0][1]}{where}", hint=hint)
 
 
-# ---- text features ---------------------------------------------------------------------------------
+# ---- what `sample` is given ------------------------------------------------------------------------
+def sample_call(config, text, negative, num_scales: int) -> None:
+    """`sample`'s inputs against the model: text features (below), prompt lengths within the learned null
+    text, and no more scales than the model has level embeddings."""
+    text_features(text, negative, config.text_channels)
+    longest = max(max(emb.lens) for emb in (text, negative) if emb is not None)
+    if longest > config.text_maxlen:
+        raise PromptError(f"a prompt has {longest} text tokens but this model reads at most {config.text_maxlen}",
+                          hint="shorten the prompt (the T5 encoder truncates at 512 tokens)")
+    if num_scales > config.num_levels:
+        raise SamplingError(f"the schedule has {num_scales} scales but this model has only {config.num_levels} "
+                            "scale (level) embeddings", hint="pick a smaller pixel budget, or check the model file")
+
+
 def text_features(text, negative, channels: int) -> None:
     """The prompt's (and negative prompt's) packed T5 features: the model's width, floats, finite."""
     for name, emb in (("text", text), ("negative text", negative)):

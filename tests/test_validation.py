@@ -61,6 +61,16 @@ def test_text_features_of_the_wrong_width_are_refused_by_the_core(tiny_transform
     raises(IncompatibleModelsError, lambda: run(tiny_transformer, prompt, negative=narrow), "negative text")
 
 
+def test_a_model_with_fewer_levels_or_a_shorter_null_text_is_refused(prompt):
+    from infinity_core.config import InfinityConfig
+    from infinity_core.random_models import random_transformer
+    few = random_transformer(InfinityConfig(depth=1, embed_dim=64, num_heads=2, bits_per_token=16, text_channels=128,
+                                            num_levels=3, text_maxlen=4))
+    short = TextEmbedding.from_single(prompt.features_NC[:3])
+    raises(SamplingError, lambda: run(few, short), "7 scales", "only 3")
+    raises(PromptError, lambda: run(few, prompt), "9 text tokens", "at most 4")
+
+
 def _overflowing(model, factor=1e5):
     """fp16 weights whose FFN outputs exceed fp16's range (65504) but not float32's."""
     low = copy.deepcopy(model).to(torch.float16)

@@ -49,7 +49,7 @@ from shared_paths import MODEL_A
 pytestmark = pytest.mark.skipif(not MODEL_A.is_dir(), reason=f"shared fixtures not found under {MODEL_A}")
 
 LONG_RUN = int(os.environ.get("INFINITY_FUZZ_EXAMPLES", "0"))
-EXAMPLES = LONG_RUN or 20
+EXAMPLES = LONG_RUN or 40
 TIME_BOUND_S = 20.0
 MEMORY_BOUND = 256 * 2**20
 FUZZ = settings(max_examples=EXAMPLES, derandomize=not LONG_RUN, database=None, deadline=None,

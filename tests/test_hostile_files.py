@@ -13,16 +13,11 @@ from infinity_core.convert import convert, describe
 from infinity_core.errors import CheckpointError
 from infinity_core.loading import load_tokenizer, load_transformer
 from infinity_core.random_models import transformer_file_state_dict
+from pack_harness import expect_error
 
 
 def refused(fn, *needles):
-    with pytest.raises(CheckpointError) as info:
-        fn()
-    text = str(info.value)
-    assert "HINT:" in text, text
-    for needle in needles:
-        assert needle in text, text
-    return text
+    return expect_error(fn, *needles, kind=CheckpointError)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from infinity_core.images import decode_tiled, from_rgb01
 from infinity_core.pipeline import GenerationRequest, generate
 from infinity_core.sampler import SamplerSettings, make_generators, sample
 from infinity_core.schedules import ScaleSchedule
+from pack_harness import expect_error
 
 SQUARE = ScaleSchedule(1.0, "0.06M")
 NAN, INF = float("nan"), float("inf")
@@ -22,13 +23,7 @@ def run(model, text, **kw):
 
 
 def raises(kind, fn, *needles):
-    with pytest.raises(kind) as info:
-        fn()
-    text = str(info.value)
-    assert "HINT:" in text, text
-    for needle in needles:
-        assert needle in text, text
-    return info.value
+    return expect_error(fn, *needles, kind=kind)
 
 
 # ---- non-finite numbers --------------------------------------------------------------------------------

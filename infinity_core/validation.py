@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 _NATIVE = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # isfinite runs on these directly
 FP16_HINT = ("float16 overflows on Infinity's activations (GPUs without bf16 support): compute in bf16 or fp32 "
-             "(command line: --dtype bf16 or --dtype fp32)")
+             "(command line: --dtype bf16 or --dtype fp32; ComfyUI: a weight_dtype other than fp16, and no "
+             "--fp16-vae / --force-fp16)")
 
 
 def all_finite(t: torch.Tensor) -> bool:

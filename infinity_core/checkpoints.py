@@ -15,12 +15,12 @@ import json
 import logging
 import pickle
 import re
-import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 
 from .errors import CheckpointError
+from .validation import all_finite
 
 log = logging.getLogger(__name__)
 
@@ -41,36 +41,114 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
                                    "page and download it again") from None
 
 
+# torch's weights-only unpickler says this when a file asks for code (a global, a call, an object) it does not allow
+_CODE_REFUSAL = re.compile(r"GLOBAL (\S+)|reduce for unrecognized function|create new object")
+
+
 def _load_pickle(path: Path):
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        asked = _CODE_REFUSAL.search(str(err))
+        if asked is None:  # e.g. "Unsupported operand": a damaged pickle stream, not a request for code
+            raise _unreadable_pickle(path, err) from None
+        reason = f"it names {asked.group(1)}" if asked.group(1) else asked.group(0)
         raise CheckpointError(f"refused to load: the file contains Python objects, not only tensors ({reason})",
                               path=str(path),
                               hint="loading it could run code from the file. Use a .safetensors version of the model, "
                                    "or a plain state-dict .pth from the official release") from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as err:
-        detail = (str(err).splitlines() or [""])[0][:200]
-        raise CheckpointError(f"not a readable PyTorch checkpoint ({type(err).__name__}: {detail})", path=str(path),
-                              hint="the file is truncated, corrupt, or not a model file; download it again") from None
+    except Exception as err:  # a damaged stream makes the unpickler raise anything (IndexError, ...)
+        raise _unreadable_pickle(path, err) from None
+
+
+def _unreadable_pickle(path: Path, err: Exception) -> CheckpointError:
+    detail = (str(err).splitlines() or [""])[0][:200]
+    return CheckpointError(f"not a readable PyTorch checkpoint ({type(err).__name__}: {detail})", path=str(path),
+                           hint="the file is truncated, corrupt, or not a model file; download it again")
+
+
+MAX_INDEX_BYTES = 64 * 2**20  # Infinity-8B's index is about 100 KB: a bigger "index" is not one
+
+
+def _weight_map(index_path: Path) -> dict[str, str]:
+    """The index's `weight_map` (tensor name -> shard file), checked to be one."""
+    try:
+        if index_path.stat().st_size > MAX_INDEX_BYTES:
+            raise ValueError(f"{index_path.stat().st_size:,} bytes, too big for an index")
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(f"unreadable shard index ({str(err)[:200]})", path=str(index_path),
+                              hint="the folder should hold model.safetensors.index.json and its shard files") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if (not isinstance(weight_map, dict) or not weight_map
+            or not all(isinstance(v, str) for v in weight_map.values())):
+        raise CheckpointError("the shard index has no 'weight_map' from tensor names to shard file names",
+                              path=str(index_path), hint="the index file is damaged; download it again")
+    return weight_map
+
+
+def _in_hf_cache(real: Path, folder: Path) -> bool:
+    """A Hugging Face cache snapshot: `<repo>/snapshots/<rev>/f` links to `<repo>/blobs/<hash>`."""
+    return real.parent.name == "blobs" and folder.is_relative_to(real.parent.parent / "snapshots")
+
+
+def shard_path(index_path: Path, name: str) -> Path:
+    """The file an index names, which must lie inside the index's folder: an absolute name, a `..` or a
+    symlink that leads out of it is refused (an index from the internet must not make us read any file
+    on the machine). The one outside target allowed is a Hugging Face cache blob of the same repository."""
+    folder = index_path.parent
+
+    def refuse(why: str) -> CheckpointError:
+        return CheckpointError(f"the shard index names '{name[:200]}', {why}", path=str(index_path),
+                               hint="an index may only name shard files in its own folder; this one is damaged or "
+                                    "crafted: download the model folder again from its official page")
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if not parts or PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor or ".." in parts \
+            or "\0" in name:
+        raise refuse("a path outside the index's folder")
+    path = folder.joinpath(*parts)
+    try:
+        real, root = path.resolve(), folder.resolve()
+    except (OSError, RuntimeError):  # a symlink loop, a name too long
+        raise refuse("a path that does not resolve") from None
+    if not real.is_relative_to(root) and not _in_hf_cache(real, root):
+        raise refuse(f"a link to {real}, outside the index's folder")
+    return path
 
 
 def _load_sharded(index_path: Path) -> dict[str, torch.Tensor]:
-    try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (ValueError, KeyError, OSError) as err:
-        raise CheckpointError(f"unreadable shard index ({err})", path=str(index_path),
-                              hint="the folder should hold model.safetensors.index.json and its shard files") from None
+    """All shards an index names, each read once; a tensor in two shards, or missing from the shard the
+    index names, is refused (a mix of two downloads)."""
+    weight_map = _weight_map(index_path)
+    shards: dict[Path, str] = {}
+    for name in weight_map.values():
+        shards.setdefault(shard_path(index_path, name), name)
     sd: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        shard_path = index_path.parent / shard
-        if not shard_path.exists():
-            raise CheckpointError(f"shard {shard} listed in the index is missing", path=str(index_path.parent),
+    origin: dict[str, str] = {}
+    for shard_file, name in sorted(shards.items()):
+        if not shard_file.is_file():
+            raise CheckpointError(f"shard {name} listed in the index is missing", path=str(index_path.parent),
                                   hint="download every model-0000N-of-0000M file into this folder")
-        part = _load_safetensors(shard_path) if shard.endswith(".safetensors") else _load_pickle(shard_path)
+        if shard_file.suffix != ".safetensors" and shard_file.suffix not in PICKLE_SUFFIXES:
+            raise CheckpointError(f"shard {name} is not a .safetensors or .pth file", path=str(index_path),
+                                  hint="the index file is damaged; download it again")
+        part = _load_safetensors(shard_file) if shard_file.suffix == ".safetensors" else _load_pickle(shard_file)
+        if not isinstance(part, dict):
+            raise CheckpointError(f"shard {name} holds no tensor dictionary", path=str(shard_file),
+                                  hint="download the shard again")
+        for key in part:
+            if key in sd:
+                raise CheckpointError(f"tensor '{key}' is in two shards, {origin[key]} and {name}",
+                                      path=str(index_path.parent),
+                                      hint="the folder mixes files of two downloads; download it again")
+            origin[key] = name
         sd.update(part)
+    absent = [k for k in weight_map if k not in sd]
+    if absent:
+        raise CheckpointError(f"{len(absent)} tensor(s) listed in the index are in no shard, e.g. '{absent[0][:200]}' "
+                              f"(listed in {weight_map[absent[0]]})", path=str(index_path.parent),
+                              hint="a shard is incomplete or from another download; download the folder again")
     return sd
 
 
@@ -98,14 +176,33 @@ def read_file(path) -> dict:
                           hint="use a .safetensors or .pth file")
 
 
+_WRAPPERS = ("trainer", "gpt_fsdp", "vae", "state_dict", "model", "module")
+# dtypes a checkpoint may store floats in (cast on load); integer and bool buffers are kept as they are
+FILE_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.float8_e4m3fn,
+                     torch.float8_e5m2)
+
+
 def unwrap_state_dict(obj, path: str = "") -> dict[str, torch.Tensor]:
-    """Find the state dict inside training/VAE wrappers (`trainer.gpt_fsdp`, `vae`, `state_dict`, ...)."""
-    for key in ("trainer", "gpt_fsdp", "vae", "state_dict", "model", "module"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            return unwrap_state_dict(obj[key], path)
+    """Find the state dict inside training/VAE wrappers (`trainer.gpt_fsdp`, `vae`, `state_dict`, ...)
+    and check that it is one: text keys, plain CPU tensors of dtypes a model can hold."""
+    for _ in range(len(_WRAPPERS) + 1):  # each wrapper at most once: bounded, whatever the nesting
+        key = next((k for k in _WRAPPERS if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
+        if key is None:
+            break
+        obj = obj[key]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError("no state dict of tensors found in the file", path=path,
                               hint="this is not a model checkpoint Infinity can use")
+    for name, t in obj.items():
+        problem = ("a non-text key" if not isinstance(name, str) else
+                   f"a {t.layout} tensor" if t.layout != torch.strided else
+                   "a tensor without data (meta device)" if t.device.type == "meta" else
+                   f"of dtype {t.dtype}" if t.is_quantized or t.is_complex() or (
+                       t.is_floating_point() and t.dtype not in FILE_FLOAT_DTYPES) else None)
+        if problem:
+            raise CheckpointError(f"tensor {str(name)[:200]!r} is {problem}, not a plain weight tensor", path=path,
+                                  hint="this is not a model checkpoint Infinity can use (weights are float32, bf16, "
+                                       "fp16 or fp8 tensors under text names)")
     return obj
 
 
@@ -216,9 +313,8 @@ def remap_vae_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # ---- checks ---------------------------------------------------------------------------------
 def check_finite(sd: dict[str, torch.Tensor], path: str) -> None:
-    native = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
     for name, t in sd.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t if t.dtype in native else t.float()).all()):
+        if not all_finite(t):
             raise CheckpointError(f"tensor '{name}' contains NaN or infinite values", path=path,
                                   hint="the file is damaged (or saved from a diverged training run); download it again")
 
@@ -232,11 +328,14 @@ def check_keys(model: torch.nn.Module, sd: dict, path: str, what: str) -> None:
             f"{what} weights do not match the architecture inferred from the file: "
             f"{len(missing)} missing (e.g. {missing[:5]}), {len(unexpected)} unexpected (e.g. {unexpected[:5]})",
             path=path, hint="the file is incomplete, from another model, or a format this version does not know")
-    for k in expected:
+    for k in sorted(expected):
         if tuple(own[k].shape) != tuple(sd[k].shape):
             raise CheckpointError(f"{what} tensor '{k}' has shape {tuple(sd[k].shape)}, expected "
                                   f"{tuple(own[k].shape)}", path=path,
                                   hint="the file mixes weights of different model sizes")
+        if own[k].is_floating_point() and not sd[k].is_floating_point():
+            raise CheckpointError(f"{what} tensor '{k}' is {sd[k].dtype}, expected floating-point weights",
+                                  path=path, hint="the file is damaged or not an Infinity checkpoint")
 
 
 def cast_floats(sd: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

@@ -122,7 +122,7 @@ def cmd_generate(args) -> int:
 
 def cmd_convert(args) -> int:
     from .convert import convert
-    out = convert(args.src, args.dst)
+    out = convert(args.src, args.dst, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
 
@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
     c = sub.add_parser("convert", help="write a .safetensors copy of a .pth checkpoint (same keys)", parents=[common])
     c.add_argument("src")
-    c.add_argument("dst", nargs="?")
+    c.add_argument("dst", nargs="?", help="output file (default: SRC with .safetensors); never replaced unless "
+                                         "--overwrite")
+    c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     c.set_defaults(func=cmd_convert)
     i = sub.add_parser("info", help="print what a checkpoint file is and its inferred architecture", parents=[common])
     i.add_argument("file")

@@ -34,6 +34,11 @@ class InfinityConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self):
+        sizes = dict(depth=self.depth, embed_dim=self.embed_dim, num_heads=self.num_heads,
+                     bits_per_token=self.bits_per_token, text_channels=self.text_channels,
+                     text_maxlen=self.text_maxlen, num_levels=self.num_levels)
+        if min(sizes.values()) < 1 or self.mlp_hidden < 0:
+            raise CheckpointError(f"not a valid Infinity shape: {sizes}", hint="every size must be at least 1")
         if self.mlp_hidden == 0:
             object.__setattr__(self, "mlp_hidden", mlp_hidden_width(self.embed_dim))
         if self.embed_dim % self.num_heads or self.head_dim % 4:
@@ -127,9 +132,16 @@ def preset_name(config) -> str | None:
 
 
 def _count(keys, pattern: str) -> int:
+    """How many numbered modules (blocks, levels) the keys hold; the numbers must run 0, 1, ... without
+    a gap, so a count never exceeds the number of keys (a stray `blocks.99999.` cannot build 10^5 blocks)."""
     rx = re.compile(pattern)
     found = {int(m.group(1)) for k in keys if (m := rx.match(k))}
-    return max(found) + 1 if found else 0
+    if found and len(found) != max(found) + 1:
+        gaps = [i for i in range(len(found) + 5) if i not in found]  # the first gaps, without range(max)
+        named = pattern.replace(r"\.", ".").replace(r"(\d+)", "N")
+        raise CheckpointError(f"the tensors named like '{named}' skip number(s) {gaps[:5]} (found {len(found)}, "
+                              f"highest {max(found)})", hint="the file is incomplete or damaged; download it again")
+    return len(found)
 
 
 def infinity_config_from_state_dict(sd) -> InfinityConfig:

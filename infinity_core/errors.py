@@ -35,3 +35,13 @@ class MemoryBudgetError(InfinityError):
 
 class SamplingError(InfinityError):
     """Sampler settings that cannot work (lists too short, bad cfg insertion layer, ...)."""
+
+
+class InputError(InfinityError):
+    """Data handed to the core that it cannot use: an image, latent or text features of the wrong
+    shape, channels or dtype, or holding NaN / infinite values (see validation.py)."""
+
+
+class NumericalError(InfinityError):
+    """NaN or infinity produced inside a model (bit logits, encoder features, decoded pixels): usually
+    float16 overflow, else damaged weights or extreme settings."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import validation
 from .errors import ResolutionError
 from .vae import BitwiseTokenizer
 
@@ -45,8 +46,9 @@ def cover_box(src_hw: tuple[int, int], size_hw: tuple[int, int]) -> tuple[int, i
 
 def from_rgb01(image_BHW3: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     """ComfyUI IMAGE -> encoder input `[B, 3, H, W]` in [-1, 1]: scale to cover, centre-crop (as the
-    reference's `transform`; bicubic with antialias stands in for PIL's LANCZOS)."""
-    x = image_BHW3[..., :3].permute(0, 3, 1, 2).float()
+    reference's `transform`; bicubic with antialias stands in for PIL's LANCZOS). Grayscale and RGBA
+    images are made RGB, broken ones refused (validation.comfy_image)."""
+    x = validation.comfy_image(image_BHW3).permute(0, 3, 1, 2).float()
     H, W = size_hw
     h, w = x.shape[-2:]
     if (h, w) != (H, W):
@@ -75,6 +77,7 @@ def decode_tiled(vae: BitwiseTokenizer, latent_BdHW: torch.Tensor, tile: int = 3
     if tile <= overlap:
         raise ResolutionError(f"tile size {tile} must be larger than the tiles' overlap ({overlap} latent cells)",
                               hint="use a tile size of 8 or more (32 is a good start), or 0 to decode whole")
+    validation.decoder_latent(latent_BdHW, vae.codebook_dim)
     B, _, H, W = latent_BdHW.shape
     if H <= tile and W <= tile:
         return vae.decode(latent_BdHW)

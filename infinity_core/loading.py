@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -25,47 +26,71 @@ def _state_dict(path, kind: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _read_config(read_config, sd, path, what: str):
+@contextmanager
+def _file_problem(path, what: str):
+    """Whatever goes wrong while turning a file's tensors into a config and a module is the file's doing
+    (a hostile or damaged file can hold any shapes): a CheckpointError naming the file, not a traceback."""
     try:
-        return read_config(sd)
-    except KeyError as err:
-        raise CheckpointError(f"{what} is missing tensor {err}", path=str(path),
-                              hint="the file is incomplete; download it again") from None
+        yield
     except CheckpointError as err:
-        raise CheckpointError(err.message, path=str(path), hint=err.hint) from None
+        raise CheckpointError(err.message, path=err.path or str(path), hint=err.hint) from None
+    except KeyError as err:
+        raise CheckpointError(f"{what} is missing tensor {str(err)[:200]}", path=str(path),
+                              hint="the file is incomplete; download it again") from None
+    except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError since torch 2.5) not the file's fault
+        raise
+    except (IndexError, ValueError, TypeError, RuntimeError, ZeroDivisionError) as err:
+        detail = (str(err).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{what}: the file's tensors do not form a valid model ({type(err).__name__}: "
+                              f"{detail})", path=str(path),
+                              hint="the file is damaged or not a released Infinity checkpoint; download it "
+                                   "again") from None
+
+
+def transformer_config(sd: dict[str, torch.Tensor], path) -> tuple[InfinityConfig, dict[str, torch.Tensor]]:
+    """A file's transformer state dict remapped to our names, and the config read off it."""
+    with _file_problem(path, "Infinity transformer"):
+        sd = remap_transformer_keys(sd)
+        return infinity_config_from_state_dict(sd), sd
+
+
+def tokenizer_config(sd: dict[str, torch.Tensor], path) -> tuple[VAEConfig, dict[str, torch.Tensor]]:
+    with _file_problem(path, "bitwise tokenizer"):
+        sd = remap_vae_keys(sd)
+        return vae_config_from_state_dict(sd), sd
 
 
 def transformer_state_dict(path) -> tuple[InfinityConfig, dict[str, torch.Tensor]]:
     """The remapped state dict of a transformer file and the config read off it."""
-    sd = remap_transformer_keys(_state_dict(path, "infinity_transformer"))
-    return _read_config(infinity_config_from_state_dict, sd, path, "Infinity transformer"), sd
+    return transformer_config(_state_dict(path, "infinity_transformer"), path)
 
 
 def tokenizer_state_dict(path) -> tuple[VAEConfig, dict[str, torch.Tensor]]:
-    sd = remap_vae_keys(_state_dict(path, "bitwise_tokenizer"))
-    return _read_config(vae_config_from_state_dict, sd, path, "bitwise tokenizer"), sd
+    return tokenizer_config(_state_dict(path, "bitwise_tokenizer"), path)
 
 
-def _adopt(model, sd, path: str, what: str, dtype, device, verify_finite: bool):
+def _adopt(make_model, sd, path: str, what: str, dtype, device, verify_finite: bool):
     """Strict load into a meta-device model: adopt the file's tensors (no copy, no random init)."""
-    check_keys(model, sd, path, what)
-    sd = cast_floats(sd, dtype)
-    if verify_finite:
-        check_finite(sd, path)
-    model.load_state_dict(sd, strict=True, assign=True)
+    with _file_problem(path, what):
+        model = make_model()
+        check_keys(model, sd, path, what)
+        sd = cast_floats(sd, dtype)
+        if verify_finite:
+            check_finite(sd, path)
+        model.load_state_dict(sd, strict=True, assign=True)
     return model.to(device).eval().requires_grad_(False)
 
 
 def build_transformer(config: InfinityConfig, sd, *, path: str = "<state dict>", dtype=None, device="cpu",
                       ops=default_ops, verify_finite: bool = True) -> InfinityTransformer:
-    return _adopt(InfinityTransformer(config, ops=ops, device="meta"), sd, path, "transformer", dtype, device,
-                  verify_finite)
+    return _adopt(lambda: InfinityTransformer(config, ops=ops, device="meta"), sd, path, "transformer", dtype,
+                  device, verify_finite)
 
 
 def build_tokenizer(config: VAEConfig, sd, *, path: str = "<state dict>", dtype=None, device="cpu",
                     ops=default_ops, verify_finite: bool = True) -> BitwiseTokenizer:
-    return _adopt(BitwiseTokenizer(config, ops=ops, device="meta"), sd, path, "bitwise tokenizer", dtype, device,
-                  verify_finite)
+    return _adopt(lambda: BitwiseTokenizer(config, ops=ops, device="meta"), sd, path, "bitwise tokenizer", dtype,
+                  device, verify_finite)
 
 
 # the blocks' attention and FFN matrices: 97% of Infinity-2B's parameters

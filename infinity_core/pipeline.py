@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import validation
 from .conditioning import TextEmbedding
 from .devices import attention_plan_for
 from .errors import PromptError, SamplingError
@@ -87,7 +88,7 @@ def generate(transformer: InfinityTransformer, tokenizer: BitwiseTokenizer, text
 def _image_teacher(tokenizer: BitwiseTokenizer, request: GenerationRequest, patchify: bool, device):
     """The schedule of the picture's own aspect and the teacher forcing from its bits (and mask), as the
     nodes build them: Infinity Encode's scale-and-crop for the picture and the mask alike."""
-    image = request.image
+    image = validation.comfy_image(request.image)
     schedule = schedule_for_size(image.shape[2], image.shape[1], request.budget)
     if not 0 <= request.keep_scales <= schedule.num_scales:
         raise SamplingError(f"keep_scales {request.keep_scales}: the schedule has {schedule.num_scales} scales",

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from . import validation
 from .conditioning import TextEmbedding
 from .errors import SamplingError
 from .masks import TeacherForcing
@@ -46,8 +47,9 @@ class SamplerSettings:
     def validate(self, depth: int, num_scales: int) -> None:
         """Raise SamplingError for settings that cannot run (callers may check before loading models;
         `sample` checks again)."""
-        _, taus = self.per_scale(num_scales)
+        cfgs, taus = self.per_scale(num_scales)
         _guidance(self, depth)
+        validation.sampler_numbers(cfgs, taus, self.top_p)
         if not 0 <= self.top_p <= 1 or self.top_k < 0:
             raise SamplingError(f"top_k {self.top_k} / top_p {self.top_p} out of range",
                                 hint="top_k >= 0 (1 = greedy per bit), 0 <= top_p <= 1 (0 = off)")
@@ -188,6 +190,7 @@ def sample(
     B = text.batch if batch is None else batch
     if B < 1:
         raise SamplingError(f"batch size must be at least 1, got {B}", hint="generate 1 or more images")
+    validation.sample_call(model.config, text, negative, schedule.num_scales)
     settings.validate(len(model.blocks), schedule.num_scales)
     teacher = teacher if teacher is not None else TeacherForcing()
     teacher.check(schedule.tokens_per_scale, B, model.config.bits_per_token)
@@ -203,6 +206,7 @@ def sample(
     final_HW = vae_grids[-1]
 
     state = model.condition(full_text, schedule, device, compute_dtype, num_scales=n)
+    guard = validation.LogitsGuard(n, compute_dtype)
     try:
         x, summed, bits_out, logits_out = model.start_tokens(state), 0, [], []
         for si in range(n):
@@ -218,6 +222,7 @@ def sample(
             logits = logits.reshape(B, -1, 2)
             if record_logits:
                 logits_out.append(logits.clone())
+            guard.check(logits, si)  # fp16 overflow: named, not multinomial's crash
             probs = mask_logits_(logits, settings.top_k, settings.top_p).softmax(dim=-1)
             # every token is drawn, then the kept ones take the image's bits: the random stream ignores the mask
             bits = draw_bits(probs, generators).view(B, schedule.tokens_per_scale[si], -1).to(torch.uint8)
@@ -230,6 +235,7 @@ def sample(
             bits_out.append(bits)
             if callback is not None:
                 callback(ScaleProgress(si, n, bits, summed))
+        guard.finish()
     finally:
         model.free(state)
     return SampleResult(bits_out, summed.squeeze(2), schedule, patchify, logits_out if record_logits else None)

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops as default_ops
+from . import validation
 from .config import VAEConfig
 from .errors import CheckpointError
 from .quantizer import quantize_multiscale
@@ -161,8 +162,10 @@ class BitwiseTokenizer(nn.Module):
         if self.encoder is None:
             raise CheckpointError("this bitwise tokenizer holds only a decoder, so it cannot encode images",
                                   hint="load the full tokenizer file (e.g. infinity_vae_d32reg.pth) for encoding")
+        image_B3HW = validation.tokenizer_image(image_B3HW, self.config.patch_size)
         # contiguous: CPU GroupNorm on channels-last input is far less precise (5e-4 vs 1e-6 here)
-        return self.encoder(image_B3HW.contiguous()).float()
+        features = self.encoder(image_B3HW.contiguous())
+        return validation.model_output(features, "the tokenizer's encoder output", features.dtype).float()
 
     def image_to_bits(self, image_B3HW: torch.Tensor, vae_grids) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(quantised latent `[B, d, H, W]`, VAE-layout bits `[B, 1, h, w, d]` of every scale)."""
@@ -170,4 +173,6 @@ class BitwiseTokenizer(nn.Module):
 
     def decode(self, latent_BdHW: torch.Tensor) -> torch.Tensor:
         """Summed codes -> image in [-1, 1], in the latent's dtype."""
-        return self.decoder(latent_BdHW.contiguous()).clamp(-1, 1)
+        validation.decoder_latent(latent_BdHW, self.codebook_dim)
+        image = self.decoder(latent_BdHW.contiguous())
+        return validation.model_output(image, "the decoded image", image.dtype).clamp(-1, 1)

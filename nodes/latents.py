@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io, ui
 
+from ..infinity_core import validation
 from ..infinity_core.errors import CheckpointError, ResolutionError
 from ..infinity_core.images import decode_tiled, from_rgb01, to_rgb01
 from ..infinity_core.memory import decode_bytes, encode_bytes
@@ -11,7 +12,7 @@ from ..infinity_core.quantizer import summed_codes
 from ..infinity_core.schedules import MAX_SIDE
 from . import comfy_glue as glue
 from .inpaint import encode_mask, masks_for_batch
-from .types import (BUDGETS, InfinityVAE, TokenizerHandle, latent_samples, pack_latent, read_mask,
+from .types import (BUDGETS, InfinityVAE, TokenizerHandle, about, latent_samples, pack_latent, read_mask,
                     schedule_for_widgets)
 
 MIN_TILE = 8  # decode_tiled blends 4-cell overlaps
@@ -65,9 +66,8 @@ def encode_image(vae: TokenizerHandle, image: torch.Tensor, width: int, height: 
     if not vae.config.has_encoder:
         raise CheckpointError(f"vae: {vae.name} holds only the decoder; encoding needs the encoder too",
                               hint="load the full bitwise tokenizer file (e.g. infinity_vae_d32reg.pth)")
-    if image.ndim != 4 or image.shape[-1] < 3:
-        raise ResolutionError(f"image: expected an IMAGE [B, H, W, 3], got {tuple(image.shape)}",
-                              hint="connect an image (e.g. from Load Image)")
+    with about("image"):
+        image = validation.comfy_image(image)
     w, h, size_widget = _target_size(tuple(image.shape[1:3]), width, height)
     schedule = schedule_for_widgets(w, h, budget, size_widget)
     grids = schedule.vae_grids(vae.patchify)

@@ -10,6 +10,7 @@ import torch
 from comfy_api.latest import io, ui
 from PIL import Image
 
+from ..infinity_core import validation
 from ..infinity_core.devices import attention_plan_for
 from ..infinity_core.errors import IncompatibleModelsError, PromptError, SamplingError
 from ..infinity_core.images import preview_rgb, to_rgb01
@@ -94,11 +95,8 @@ def _batch(view: LatentView | None, batch_size: int) -> tuple[int, LatentView | 
 def _text(model: ModelHandle, cond: Conditioning, batch: int, widget: str):
     """The prompt(s) checked against the model and expanded to one per image."""
     emb = cond.embedding
-    if emb.channels != model.config.text_channels:
-        raise IncompatibleModelsError(f"{widget}: the text features are {emb.channels} wide but {model.name} "
-                                      f"reads {model.config.text_channels}-wide T5 features",
-                                      hint="load flan-t5-xl in the Infinity Text Encoder Loader")
     with about(widget):
+        validation.text_features(emb, None, model.config.text_channels)
         return emb.expand_to(batch)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
+from ..infinity_core import validation
 from ..infinity_core.conditioning import TextEmbedding
 from ..infinity_core.config import InfinityConfig, VAEConfig
 from ..infinity_core.errors import IncompatibleModelsError, InfinityError, ResolutionError
@@ -184,6 +185,8 @@ def latent_samples(latent, widget: str, bits_per_cell: int, patchify: bool,
                                       f"per token) but {reader} works {works} it",
                                       hint="use the tokenizer that matches the model, and spatial_patchify auto in "
                                            "the Infinity Transformer Loader")
+    with about(widget):
+        validation.decoder_latent(samples, bits_per_cell)  # empty, NaN or integer samples
     return samples, info
 
 

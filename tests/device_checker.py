@@ -5,10 +5,10 @@ is `cpu`. Under `DeviceChecker`:
 - an op whose tensor arguments live on two devices fails (`DeviceMixError`), except 0-dim CPU
   tensors, which PyTorch passes to device kernels as scalars;
 - copies between host and device are counted (bytes and calls); a copy out of `meta` returns
-  placeholder data of the right shape and dtype (floats 0.5: a valid probability, ints 0) so that
-  host code can go on;
+  placeholder data of the right shape and dtype (floats 0.5: a valid probability, bools True: the
+  finiteness checks pass, other ints 0) so that host code can go on;
 - syncs are counted: ops that need device data on the host (`.item()`, `bool(t)`, `nonzero`, ...)
-  get a placeholder answer, and every device-to-host copy is a sync as well (its caller waits);
+  get a placeholder answer (True for a bool, as in a healthy run), and every device-to-host copy is a sync as well (its caller waits);
 - device "kernels" are counted: every op on a device tensor that is not a view or an allocation.
 `split(label)` closes a phase (the sampler's callback calls it after each scale) so the tallies
 can be read per scale. Nothing here is imported by the pack.
@@ -112,6 +112,8 @@ def _nbytes(t: torch.Tensor) -> int:
 def _placeholder(shape, dtype, device=HOST) -> torch.Tensor:
     if dtype.is_floating_point or dtype.is_complex:
         return torch.full(shape, 0.5, dtype=dtype, device=device)
+    if dtype == torch.bool:  # the answers of a healthy run: the finiteness checks pass
+        return torch.ones(shape, dtype=dtype, device=device)
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
@@ -257,7 +259,7 @@ class DeviceChecker(TorchDispatchMode):
     def _answer_without_data(func, args):
         if func is aten._local_scalar_dense.default:
             t = args[0]
-            return False if t.dtype == torch.bool else (0 if not t.dtype.is_floating_point else 0.5)
+            return True if t.dtype == torch.bool else (0 if not t.dtype.is_floating_point else 0.5)
         if func in (aten.is_nonzero.default, aten.equal.default):
             return False
         if func is aten.nonzero.default:

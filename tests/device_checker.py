@@ -8,7 +8,8 @@ is `cpu`. Under `DeviceChecker`:
   placeholder data of the right shape and dtype (floats 0.5: a valid probability, bools True: the
   finiteness checks pass, other ints 0) so that host code can go on;
 - syncs are counted: ops that need device data on the host (`.item()`, `bool(t)`, `nonzero`, ...)
-  get a placeholder answer (True for a bool, as in a healthy run), and every device-to-host copy is a sync as well (its caller waits);
+  get a placeholder answer (True for a bool, as in a healthy run), and every device-to-host copy is a
+  sync as well (its caller waits);
 - device "kernels" are counted: every op on a device tensor that is not a view or an allocation.
 `split(label)` closes a phase (the sampler's callback calls it after each scale) so the tallies
 can be read per scale. Nothing here is imported by the pack.

@@ -35,3 +35,7 @@ class MemoryBudgetError(InfinityError):
 
 class SamplingError(InfinityError):
     """Sampler settings that cannot work (lists too short, bad cfg insertion layer, ...)."""
+
+
+class DownloadError(InfinityError):
+    """A model file that could not be fetched, verified or written (offline, full disk, bad bytes, ...)."""

@@ -11,34 +11,12 @@ import torch
 from safetensors import safe_open
 
 import hub_models
-from hub_server import FakeHub
+from hub_harness import fake_hub, needs_fixtures, online  # noqa: F401  (fixtures)
 from infinity_core import downloads, hub, model_files
 from infinity_core.errors import DownloadError
 from shared_paths import MODEL_A, TOKENIZER_DIR
 
-pytestmark = pytest.mark.skipif(not MODEL_A.is_dir() or not (TOKENIZER_DIR / "tokenizer.json").is_file(),
-                                reason="shared fixtures missing")
-
-
-@pytest.fixture(scope="module")
-def fake_hub(tmp_path_factory):
-    server = FakeHub().start()
-    content = hub_models.populate(server, tmp_path_factory.mktemp("hub_src"))
-    server.content = content
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def online(fake_hub, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", fake_hub.endpoint)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    fake_hub.requests.clear()
-    fake_hub.served.clear()
-    fake_hub.drop_after.clear()
-    fake_hub.corrupt_at.clear()
-    return fake_hub
+pytestmark = needs_fixtures
 
 
 def folders(root):

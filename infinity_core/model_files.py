@@ -71,7 +71,7 @@ OFFICIAL: dict[str, ModelFile] = {m.key: m for m in (
     _spec("2b", "infinity_2b_reg.pth", "infinity", "transformer", "Infinity-2B transformer", "infinity_2b_reg.pth",
           pairs_with={"tokenizer": "infinity_vae_d32reg.pth"}),
     _spec("vae_d32", "infinity_vae_d32reg.pth", "infinity", "tokenizer", "bitwise tokenizer for Infinity-2B (d32)",
-          "infinity_vae_d32reg.pth", approx_dtype="fp32", pairs_with={"codebook_dim": 32, "patchify": False}),
+          "infinity_vae_d32reg.pth", approx_dtype="fp32", pairs_with={"preset": "infinity_vae_d32"}),
     _spec("8b", "infinity_8b_weights/model.safetensors.index.json", "infinity", "transformer",
           "Infinity-8B transformer (1024x1024), 4 shards", "infinity_8b_weights/model.safetensors.index.json",
           recipe="sharded", pairs_with={"tokenizer": "infinity_vae_d56_f8_14_patchify.pth"}),
@@ -80,7 +80,7 @@ OFFICIAL: dict[str, ModelFile] = {m.key: m for m in (
           recipe="sharded", pairs_with={"tokenizer": "infinity_vae_d56_f8_14_patchify.pth"}),
     _spec("vae_d56", "infinity_vae_d56_f8_14_patchify.pth", "infinity", "tokenizer",
           "bitwise tokenizer for Infinity-8B (d56, patchify)", "infinity_vae_d56_f8_14_patchify.pth",
-          approx_dtype="fp32", pairs_with={"codebook_dim": 14, "patchify": True}),
+          approx_dtype="fp32", pairs_with={"preset": "infinity_vae_d56_f8_14_patchify"}),
     ModelFile("t5", T5_ENCODER_NAME, "text_encoders", "text_encoder",
               "flan-t5-xl text encoder (encoder only, fp16; wo in fp32)", T5_REPO, T5_REVISION,
               "model.safetensors.index.json", recipe="t5_encoder", approx_dtype="fp16", extra_files=T5_TOKENIZER_FILES),
@@ -130,7 +130,7 @@ def _approx_bytes(key: str) -> int:
         return half * 2 + wo * 4
     if spec.kind == "tokenizer":
         from .vae import BitwiseTokenizer
-        preset = VAE_PRESETS["infinity_vae_d32" if key == "vae_d32" else "infinity_vae_d56_f8_14_patchify"]
+        preset = VAE_PRESETS[spec.pairs_with["preset"]]
         params = sum(p.numel() for p in BitwiseTokenizer(preset, device="meta").parameters())
     else:
         params = INFINITY_PRESETS["infinity_2b" if key == "2b" else "infinity_8b"].num_params()

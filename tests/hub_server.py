@@ -98,6 +98,12 @@ def _handler(hub: FakeHub, role: str):
         def log_message(self, *args):  # quiet
             pass
 
+        def handle(self):
+            try:
+                super().handle()
+            except (ConnectionResetError, BrokenPipeError):  # a client that cancelled mid-body
+                pass
+
         def do_HEAD(self):
             self._serve(body=False)
 
@@ -181,8 +187,9 @@ def _handler(hub: FakeHub, role: str):
                 self.close_connection = True
                 self.connection.shutdown(2)  # mid-body: the client sees an incomplete response
                 return
-            self.wfile.write(chunk)
-            self._count(path, len(chunk))
+            for i in range(0, len(chunk), 1 << 16):  # counted as sent, so a cancelled response counts what left
+                self.wfile.write(chunk[i:i + (1 << 16)])
+                self._count(path, len(chunk[i:i + (1 << 16)]))
 
         def _count(self, path: str, n: int):
             with hub.lock:

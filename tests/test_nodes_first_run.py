@@ -208,3 +208,23 @@ def test_no_transformers_warning_when_loading_t5(env, caplog, monkeypatch):
     assert not [r for r in caplog.records if "tokenizer class" in r.getMessage()]
     logging.getLogger("transformers.tokenization_utils_base").warning("The tokenizer class you load ...")
     assert [r for r in caplog.records if "tokenizer class" in r.getMessage()]  # silenced only during the load
+
+
+@pytest.mark.skipif(__import__("shutil").which("node") is None, reason="node is not installed")
+def test_the_loader_status_line_reads_the_route(env, tmp_path):
+    """GET /infinity/model_files (official_status) as the web extension's status line reads it."""
+    import json
+    import os
+    import subprocess
+
+    from pack_harness import REPO
+    status = env.pack.nodes.comfy_glue.official_status()
+    assert {s["name"] for s in status} >= {"infinity_2b_reg.pth", OFFICIAL_T5} and json.loads(json.dumps(status))
+    assert all(s["size"].endswith("GB") and s["source"].startswith("huggingface.co/") for s in status)
+    payload = tmp_path / "files.json"
+    status[0]["present"] = True  # one present, the rest missing
+    payload.write_text(json.dumps(status))
+    result = subprocess.run(["node", "--test", "--test-reporter=tap", str(REPO / "tests" / "js" / "infinity_models.test.mjs")],
+                            capture_output=True, text=True, env=dict(os.environ, INFINITY_MODEL_FILES=str(payload)),
+                            timeout=120)
+    assert result.returncode == 0 and "# fail 0" in result.stdout and "# skipped 0" in result.stdout, result.stdout[-3000:]

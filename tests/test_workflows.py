@@ -436,11 +436,11 @@ def test_8b_memory_figures(pack):
 
 
 # ---- the web extension's size snapping ---------------------------------------------------------------
-def preview_text(schedule) -> str:
+def preview_text(schedule, auto: bool = False) -> str:
     """What the web extension shows on a sampler for this schedule (web/infinity_schedule.js formatSize)."""
     h, w = schedule.image_hw
     return (f"→ {w}×{h} · template {schedule.template:g} · {schedule.num_tokens:,} tokens · "
-            f"{schedule.num_scales} scales")
+            f"{schedule.num_scales} scales" + (f" · auto: {schedule.budget}" if auto else ""))
 
 
 def _cases(schedules) -> list[dict]:
@@ -451,7 +451,8 @@ def _cases(schedules) -> list[dict]:
                                                       for _ in range(400)]
     cases = []
     for i, (w, h) in enumerate(pairs):
-        budget = list(schedules.PIXEL_BUDGETS)[i % len(schedules.PIXEL_BUDGETS)]
+        choices = [*schedules.PIXEL_BUDGETS, schedules.AUTO_BUDGET]
+        budget = choices[i % len(choices)]
         try:
             s = schedules.schedule_for_size(w, h, budget)
         except schedules.ResolutionError:
@@ -459,7 +460,8 @@ def _cases(schedules) -> list[dict]:
             continue
         hh, ww = s.image_hw
         cases.append({"width": w, "height": h, "budget": budget, "ok": True, "out_width": ww, "out_height": hh,
-                      "template": s.template, "tokens": s.num_tokens, "scales": s.num_scales, "text": preview_text(s)})
+                      "template": s.template, "tokens": s.num_tokens, "scales": s.num_scales,
+                      "text": preview_text(s, budget == schedules.AUTO_BUDGET)})
     return cases
 
 

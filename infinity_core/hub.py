@@ -139,10 +139,26 @@ class _Bar:
         pass
 
 
+class _Sink:
+    """The part file as http_get sees it: appended to, with `tell()` counting this request's bytes only (0.x
+    clients compare it with `expected_size`)."""
+
+    def __init__(self, f):
+        self.f, self.n, self.name = f, 0, f.name
+
+    def write(self, data) -> int:
+        self.n += len(data)
+        return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.n
+
+
 def fetch(rem: Remote, part_path, *, length: int, start: int = 0, on_bytes: Callable[[int], None] | None = None) -> None:
     """Append bytes [start + already on disk, start + length) of the remote file to `part_path`, retrying a
     dropped connection from where it stopped. `on_bytes(n)` is called per chunk and may raise to cancel
-    (the part file is kept: the next call resumes it)."""
+    (the part file is kept: the next call resumes it). The Range header is ours on every client version
+    (huggingface_hub < 0.26 resumed whole files only)."""
     from huggingface_hub.file_download import http_get
     attempts = 0
     while True:
@@ -150,12 +166,12 @@ def fetch(rem: Remote, part_path, *, length: int, start: int = 0, on_bytes: Call
         if done >= length:
             return
         headers = dict(rem.headers)
-        if start or length != rem.size:
-            headers["Range"] = f"bytes={start}-{start + length - 1}"
-        bar = _Bar(done, length, on_bytes)
+        if start + done or length != rem.size:
+            headers["Range"] = f"bytes={start + done}-{start + length - 1}"
+        bar = _Bar(0, length - done, on_bytes)
         try:
             with open(part_path, "ab") as out:
-                http_get(rem.location, out, resume_size=done, headers=headers, expected_size=length, _tqdm_bar=bar)
+                http_get(rem.location, _Sink(out), headers=headers, expected_size=length - done, _tqdm_bar=bar)
             return
         except BaseException as err:
             if bar.stopped is not None or isinstance(err, DownloadError):

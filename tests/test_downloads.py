@@ -139,7 +139,7 @@ def test_cancel_keeps_the_part_and_the_next_run_resumes_it(online, big, tmp_path
     online.requests.clear()
     fetch([spec], tmp_path)
     assert (tmp_path / "infinity" / spec.name).read_bytes() == data and not leftovers(tmp_path)
-    assert [r.range for r in online.requests if r.server == "cdn"] == [f"bytes={kept}-"]
+    assert [r.range for r in online.requests if r.server == "cdn"] == [f"bytes={kept}-{len(data) - 1}"]
 
 
 def test_a_corrupted_byte_is_refused_and_nothing_keeps_the_final_name(online, tmp_path):
@@ -290,3 +290,16 @@ def test_the_table(monkeypatch):
     assert 4.0e9 < official("2b").approx_bytes < 5.0e9
     monkeypatch.setenv("HF_ENDPOINT", "http://mirror.example:8080/")
     assert hub.resolve_url("a/b", "main", "x y.pth") == "http://mirror.example:8080/a/b/resolve/main/x%20y.pth"
+
+
+def test_the_readme_states_the_table():
+    """The README's model table is the table: every official file with its size as model_files states it."""
+    from shared_paths import REPO
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `")}
+    for spec in model_files.OFFICIAL.values():
+        row = next((line for key, line in rows.items() if key.startswith(f"`{spec.name}`")), None)
+        assert row is not None, spec.name
+        assert f"| {model_files.gb(spec.approx_bytes)} |" in row, (spec.name, row)
+    assert f"encoder bytes fetched: {model_files.gb(model_files.t5_download_bytes())}" in text
+    assert model_files.T5_REVISION[:7] in text

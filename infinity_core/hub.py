@@ -88,7 +88,8 @@ def _hub_error(err: Exception, url: str) -> Exception:
     status = _http_status(err)
     if status in (401, 403) or name == "GatedRepoError":
         return DownloadError(f"the hub refused access ({status}) to {url}",
-                             hint="log in with `hf auth login` or set HF_TOKEN to a token that may read this repository")
+                             hint="log in with `hf auth login`, or set HF_TOKEN to a token that may read this "
+                                  "repository")
     if status == 404 or name in ("EntryNotFoundError", "RemoteEntryNotFoundError", "RevisionNotFoundError",
                                  "RepositoryNotFoundError"):
         return DownloadError(f"the hub has no such file: {url}",
@@ -154,7 +155,8 @@ class _Sink:
         return self.n
 
 
-def fetch(rem: Remote, part_path, *, length: int, start: int = 0, on_bytes: Callable[[int], None] | None = None) -> None:
+def fetch(rem: Remote, part_path, *, length: int, start: int = 0,
+          on_bytes: Callable[[int], None] | None = None) -> None:
     """Append bytes [start + already on disk, start + length) of the remote file to `part_path`, retrying a
     dropped connection from where it stopped. `on_bytes(n)` is called per chunk and may raise to cancel
     (the part file is kept: the next call resumes it). The Range header is ours on every client version

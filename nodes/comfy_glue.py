@@ -118,7 +118,7 @@ def _fetch_official(spec: model_files.ModelFile, node_id) -> str:
     log.info("Infinity: downloading %s (about %s) from %s into %s", spec.name, model_files.gb(spec.approx_bytes),
              spec.repo, download_folder(spec.folder))
     report = downloads.ensure([spec], download_folder, progress)
-    text = (f"downloaded {spec.name}: {model_files.gb(report.fetched)} in {report.seconds:.0f} s "
+    text = (f"downloaded {spec.name}: {model_files.gb(report.fetched)} in {report.seconds:.1f} s "
             f"({report.mb_per_s:.1f} MB/s) into {download_folder(spec.folder)}")
     log.info("Infinity: %s", text)
     return text

@@ -307,6 +307,28 @@ def test_workflow_runs(comfy, path):
     check_outputs(comfy, prompt, entry)
 
 
+def test_a_mismatched_tokenizer_is_refused_before_sampling(comfy):
+    """The 2B template with Infinity-8B's tokenizer in its loader: the sampler refuses (hidden PROMPT: it sees the
+    Decode's tokenizer) instead of sampling first and failing at Decode."""
+    workflow = json.loads((REPO / "workflows" / "infinity_2b_text_to_image.json").read_text())
+    prompt = make_fast(convert(workflow, comfy.object_info))
+    loader = next(k for k, n in prompt.items() if n["class_type"] == "InfinityBitwiseTokenizerLoader")
+    prompt[loader]["inputs"]["vae_name"] = "infinity_vae_d56_f8_14_patchify.pth"
+    status, response = http(comfy.url + "/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+    assert status == 200, response
+    deadline = time.time() + RUN_TIMEOUT
+    while time.time() < deadline:
+        _, history = http(f"{comfy.url}/history/{response['prompt_id']}")
+        entry = (history or {}).get(response["prompt_id"])
+        if entry and entry.get("status", {}).get("status_str") in ("success", "error"):
+            break
+        time.sleep(0.5)
+    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert entry["status"]["status_str"] == "error" and errors[0]["node_type"] == "InfinitySampler", errors
+    assert "the Infinity Decode of this latent uses infinity_vae_d56_f8_14_patchify.pth" in \
+        errors[0]["exception_message"]
+
+
 def test_invalid_prompt_is_refused(comfy):
     workflow = json.loads((REPO / "workflows" / "infinity_2b_text_to_image.json").read_text())
     prompt = convert(workflow, comfy.object_info)

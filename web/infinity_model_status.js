@@ -4,12 +4,12 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { describeModelFile } from "./infinity_models.js";
+import { drawTextLine, LINE_HEIGHT as HEIGHT } from "./infinity_text_line.js";
 
 const EXTENSION = "Infinity.ModelStatus";
 const LOADERS = { InfinityTransformerLoader: "model_name", InfinityBitwiseTokenizerLoader: "vae_name",
                   InfinityTextEncoderLoader: "text_encoder_name" };
 const WIDGET = "infinity_model_status";
-const HEIGHT = 22;
 let files = null;
 
 async function refresh() {
@@ -38,19 +38,7 @@ function statusWidget() {
       const { text, warn } = describeModelFile(files, value(node, LOADERS[node.comfyClass]),
                                                value(node, "download_missing"));
       this.value = text;
-      if (!text) return;
-      const margin = 15;
-      let size = 12;
-      ctx.save();
-      ctx.font = `${size}px Arial`;
-      while (size > 8 && ctx.measureText(text).width > widgetWidth - 2 * margin) {
-        size -= 1;
-        ctx.font = `${size}px Arial`;
-      }
-      ctx.fillStyle = warn ? "#ff6b6b" : "#8fd18f";
-      ctx.textBaseline = "middle";
-      ctx.fillText(text, margin, y + HEIGHT / 2);
-      ctx.restore();
+      drawTextLine(ctx, text, warn, widgetWidth, y);
     },
   };
 }

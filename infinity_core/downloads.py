@@ -10,15 +10,14 @@ both call `plan()` then `run()`. Rules:
 - a file gets its final name only after its size and hash match what the hub reports (the LFS sha256,
   or the git blob id of a small file) and what the table in model_files.py requires; a mismatch deletes
   the part and raises, so a half or damaged file never sits under the final name;
-- present files are checked (hashed) once and remembered in `.infinity-downloads.json` beside them, so
-  they are skipped later, also offline;
+- present files are checked (hashed) once and remembered beside them (model_folder.py), so they are
+  skipped later, also offline;
 - offline (HF_HUB_OFFLINE, or no network) every HEAD fails at once and the error lists each file's URL
   and the folder to put it in by hand.
 `progress(Progress)` is called as bytes arrive and while hashing; it may raise to cancel.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -33,11 +32,13 @@ from . import hub
 from . import t5_encoder_file as t5file
 from .errors import DownloadError
 from .model_files import ModelFile, gb
+from .model_folder import RECORD, file_digest, is_verified, record, recorded, safe_join
+
+__all__ = ["RECORD", "Progress", "Report", "Step", "describe", "ensure", "file_digest", "is_verified",
+           "manual_instructions", "plan", "run", "safe_join"]
 
 log = logging.getLogger(__name__)
 
-RECORD = ".infinity-downloads.json"
-HASH_CHUNK = 8 << 20
 FolderDir = Callable[[str], Path]
 
 
@@ -56,7 +57,6 @@ class Item:
     dest: Path
     remote: hub.Remote
     expected_sha256: str | None = None
-    expected_size: int | None = None
 
     @property
     def size(self) -> int:
@@ -99,21 +99,6 @@ class Report:
         return self.fetched / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
 
-# ---- paths --------------------------------------------------------------------------------------------------
-def safe_join(root: Path, name: str) -> Path:
-    """`root/name`, refused unless it stays inside root after resolving `..` and symlinks."""
-    root = Path(root).resolve()
-    rel = Path(name)
-    if rel.is_absolute() or not name or any(p in ("..", "") for p in rel.parts):
-        raise DownloadError(f"refusing to write {name!r}: not a plain path inside the models folder", path=str(root),
-                            hint="the file list names a path outside the folder; nothing was written")
-    path = (root / rel).resolve()
-    if path != root and root not in path.parents:
-        raise DownloadError(f"refusing to write {name!r}: it resolves outside the models folder ({path})",
-                            path=str(root), hint="a symlink inside the models folder points elsewhere; remove it")
-    return path
-
-
 def manual_instructions(specs: list[ModelFile], folder_dir: FolderDir) -> str:
     """Each file's URL and the folder to put it in: what to do without a network."""
     lines = []
@@ -132,58 +117,6 @@ def manual_instructions(specs: list[ModelFile], folder_dir: FolderDir) -> str:
     return "\n".join(lines)
 
 
-# ---- records of verified files ---------------------------------------------------------------------------------
-def _record_path(dest: Path) -> Path:
-    return dest.parent / RECORD
-
-
-def _stamp(path: Path) -> dict:
-    st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _recorded(dest: Path) -> dict | None:
-    try:
-        entry = json.loads(_record_path(dest).read_text()).get(dest.name)
-    except (OSError, ValueError, AttributeError):
-        return None
-    if entry and dest.is_file() and {k: entry.get(k) for k in ("size", "mtime_ns")} == _stamp(dest):
-        return entry
-    return None
-
-
-def _record(dest: Path, **info) -> None:
-    path = _record_path(dest)
-    try:
-        table = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        table = {}
-    table[dest.name] = dict(_stamp(dest), **info)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def is_verified(dest: Path) -> bool:
-    return _recorded(dest) is not None
-
-
-# ---- hashing ------------------------------------------------------------------------------------------------
-def file_digest(path: Path, etag: str, on_bytes=None) -> str:
-    """sha256 of the content for a 64-hex LFS etag; git's blob id (sha1 of "blob <size>\\0" + content) otherwise."""
-    if len(etag) == 64:
-        h = hashlib.sha256()
-    else:
-        h = hashlib.sha1()
-        h.update(f"blob {path.stat().st_size}\0".encode())
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-            if on_bytes is not None:
-                on_bytes(len(chunk))
-    return h.hexdigest()
-
-
 def _check_against_table(spec: ModelFile, item: Item) -> None:
     if spec.size is not None and item.remote.size not in (None, spec.size) and item.dest.name == Path(spec.name).name:
         raise DownloadError(f"the hub serves {item.remote.url} with {item.remote.size} bytes, not the {spec.size} "
@@ -194,11 +127,11 @@ def _check_against_table(spec: ModelFile, item: Item) -> None:
 
 
 # ---- planning (HEAD requests only, plus the small index/header reads the plan depends on) ---------------------
-def _item(dest: Path, repo: str, revision: str, path: str, sha256: str | None = None, size: int | None = None) -> Item:
+def _item(dest: Path, repo: str, revision: str, path: str, sha256: str | None = None) -> Item:
     rem = hub.remote(repo, revision, path)
     if rem.size is None:
         raise DownloadError(f"the hub reports no size for {rem.url}", hint="try again later, or download it by hand")
-    return Item(dest, rem, sha256, size)
+    return Item(dest, rem, sha256)
 
 
 def _make_dir(folder: Path) -> None:
@@ -217,7 +150,7 @@ def _small_file(item: Item) -> bytes:
 
 def _plan_sharded(step: Step) -> None:
     spec = step.spec
-    index = _item(step.dest, spec.repo, spec.revision, spec.path, spec.sha256, spec.size)
+    index = _item(step.dest, spec.repo, spec.revision, spec.path, spec.sha256)
     try:
         weight_map = json.loads(_small_file(index))["weight_map"]
     except (ValueError, KeyError, TypeError):
@@ -282,7 +215,7 @@ def plan(specs: list[ModelFile], folder_dir: FolderDir) -> list[Step]:
                 _plan_t5(step)
             else:
                 step.items.append(_item(step.dest, step.spec.repo, step.spec.revision, step.spec.path,
-                                        step.spec.sha256, step.spec.size))
+                                        step.spec.sha256))
             for item in step.items:
                 _check_against_table(step.spec, item)
     except hub.Unreachable as why:
@@ -359,8 +292,8 @@ def _verify_and_place(item: Item, count: _Counter, spec: ModelFile) -> None:
     else:
         log.warning("%s: the hub reports no checksum; only its size was checked", item.remote.url)
     os.replace(part, item.dest)
-    _record(item.dest, etag=item.remote.etag, commit=item.remote.commit, url=item.remote.url,
-            repo=spec.repo, revision=spec.revision)
+    record(item.dest, etag=item.remote.etag, commit=item.remote.commit, url=item.remote.url,
+           repo=spec.repo, revision=spec.revision)
     count.phase = "download"
 
 
@@ -368,13 +301,13 @@ def _adopt_existing(item: Item, spec: ModelFile, count: _Counter) -> bool:
     """A file already under the final name: keep it if it is the official one, refuse to touch it otherwise."""
     if not item.dest.exists():
         return False
-    recorded = _recorded(item.dest)
-    if recorded is not None and recorded.get("etag") == item.remote.etag:
+    entry = recorded(item.dest)
+    if entry is not None and entry.get("etag") == item.remote.etag:
         return True
     if item.remote.etag and item.dest.stat().st_size == item.size and \
             file_digest(item.dest, item.remote.etag, None) == item.remote.etag:
-        _record(item.dest, etag=item.remote.etag, commit=item.remote.commit, url=item.remote.url,
-                repo=spec.repo, revision=spec.revision)
+        record(item.dest, etag=item.remote.etag, commit=item.remote.commit, url=item.remote.url,
+               repo=spec.repo, revision=spec.revision)
         return True
     raise DownloadError(f"{item.dest} exists but is not the official file ({item.remote.url})",
                         hint="it is left untouched: move or rename it, then run the download again")
@@ -419,8 +352,8 @@ def _build_t5(step: Step, count: _Counter) -> int:
             part.unlink(missing_ok=True)
         raise
     os.replace(out_part, step.dest)
-    _record(step.dest, etag=None, commit=plan_t5["commit"], url=step.spec.url, repo=step.spec.repo,
-            revision=step.spec.revision, built_from=plan_t5["shard_sha256"])
+    record(step.dest, etag=None, commit=plan_t5["commit"], url=step.spec.url, repo=step.spec.repo,
+           revision=step.spec.revision, built_from=plan_t5["shard_sha256"])
     shutil.rmtree(plan_t5["work"], ignore_errors=True)
     count.phase = "download"
     return fetched

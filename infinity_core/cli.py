@@ -97,6 +97,31 @@ def cmd_download(args) -> int:
     return _download(args.targets, _models_dir(args), args.dry_run)
 
 
+def _load_picture(args) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """--image as `[1, H, W, 3]` in 0..1 and its mask `[1, h, w]` (1 = regenerate): --mask (white = regenerate),
+    else the image's transparency (1 - alpha, as ComfyUI's Load Image), else none."""
+    if not args.image:
+        if args.mask:
+            raise InfinityError("--mask needs --image: the picture whose unmasked part is kept",
+                                hint="add --image PICTURE.png")
+        return None, None
+    import numpy as np
+    from PIL import Image
+
+    def read(path, mode):
+        try:
+            with Image.open(path) as im:
+                return torch.from_numpy(np.asarray(im.convert(mode), dtype=np.float32) / 255.0)
+        except (OSError, ValueError) as err:
+            raise InfinityError(f"cannot read the picture {path}: {err}", hint="give a PNG or JPEG file",
+                                path=path) from None
+    rgba = read(args.image, "RGBA")
+    mask = read(args.mask, "L")[None] if args.mask else None
+    if mask is None and (rgba[..., 3] < 1).any():
+        mask = 1 - rgba[..., 3][None]
+    return rgba[None, ..., :3].contiguous(), mask
+
+
 def cmd_generate(args) -> int:
     _resolve_files(args)
     missing = _missing_files(args)
@@ -112,6 +137,7 @@ def cmd_generate(args) -> int:
                          f"Or add --download to fetch them now, or get them by hand:\n"
                          + manual_instructions(bundle(args.model), lambda folder: root / folder) + "\n")
         return 2
+    image, mask = _load_picture(args)  # before loading any model
     from .loading import load_tokenizer, load_transformer
     from .pipeline import GenerationRequest, generate
     from .sampler import SamplerSettings
@@ -134,7 +160,8 @@ def cmd_generate(args) -> int:
     settings = SamplerSettings(cfg=args.cfg, tau=args.tau, top_k=args.top_k, top_p=args.top_p,
                                cfg_insertion_layer=(args.cfg_insertion_layer,))
     request = GenerationRequest(args.prompt, args.negative_prompt, args.width, args.height, args.budget,
-                                args.seed, args.batch, settings)
+                                args.seed, args.batch, settings, image=image, mask=mask,
+                                keep_scales=args.keep_scales, feather=args.feather)
     t0 = time.perf_counter()
 
     def callback(progress):
@@ -197,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=0.97)
     g.add_argument("--cfg-insertion-layer", type=int, default=0)
     g.add_argument("--tile", type=int, default=0, help="tiled decode, tile size in latent cells (0 = off)")
+    g.add_argument("--image", help="edit this picture (its aspect sets the size; --width/--height are ignored)")
+    g.add_argument("--mask", help="with --image: what to regenerate (white = regenerate); default: the picture's "
+                                  "transparent part, if any")
+    g.add_argument("--keep-scales", type=int, default=0,
+                   help="with --image: scales kept whole from it (image-to-image), the mask applies after them")
+    g.add_argument("--feather", type=int, default=16, help="with a mask: px of blending into the original")
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     g.add_argument("--out", default="infinity.png")

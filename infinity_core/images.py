@@ -34,6 +34,15 @@ def save_png(images_BHW3: torch.Tensor, out) -> list:
     return paths
 
 
+def cover_box(src_hw: tuple[int, int], size_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """How a `src_hw` picture is fitted to `size_hw`: scaled to (nh, nw) so that it covers it, then
+    cropped at (top, left). Images (Infinity Encode) and masks share this geometry so that they line up."""
+    (H, W), (h, w) = size_hw, src_hw
+    s = max(H / h, W / w)
+    nh, nw = max(H, round(h * s)), max(W, round(w * s))
+    return nh, nw, (nh - H) // 2, (nw - W) // 2
+
+
 def from_rgb01(image_BHW3: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     """ComfyUI IMAGE -> encoder input `[B, 3, H, W]` in [-1, 1]: scale to cover, centre-crop (as the
     reference's `transform`; bicubic with antialias stands in for PIL's LANCZOS)."""
@@ -41,10 +50,8 @@ def from_rgb01(image_BHW3: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tens
     H, W = size_hw
     h, w = x.shape[-2:]
     if (h, w) != (H, W):
-        s = max(H / h, W / w)
-        nh, nw = max(H, round(h * s)), max(W, round(w * s))
+        nh, nw, top, left = cover_box((h, w), size_hw)
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-        top, left = (nh - H) // 2, (nw - W) // 2
         x = x[..., top:top + H, left:left + W]
     return (x * 2 - 1).contiguous()
 

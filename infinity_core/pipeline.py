@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .conditioning import TextEmbedding
-from .errors import PromptError
-from .images import decode_tiled, to_rgb01
+from .errors import PromptError, SamplingError
+from .images import decode_tiled, from_rgb01, to_rgb01
 from .loading import pair
+from .masks import TeacherForcing, fit_mask, paste_back
 from .memory import available_bytes, require_memory, sampling_bytes
 from .sampler import SampleResult, SamplerSettings, make_generators, sample
 from .schedules import schedule_for_size
@@ -32,6 +33,10 @@ class GenerationRequest:
     seed: int = 0
     batch: int = 1
     settings: SamplerSettings = field(default_factory=SamplerSettings)
+    image: torch.Tensor | None = None  # [1 or B, H, W, 3] in 0..1: edit this picture (its aspect sets the size)
+    mask: torch.Tensor | None = None   # [1 or B, h, w] in 0..1, 1 = regenerate (with image); resized to the picture
+    keep_scales: int = 0               # scales taken whole from the image (image-to-image), the mask after them
+    feather: int = 16                  # with a mask: px over which the result fades into the original picture
 
 
 def encode_text(text_encoder, prompt) -> TextEmbedding | None:
@@ -54,7 +59,13 @@ def generate(transformer: InfinityTransformer, tokenizer: BitwiseTokenizer, text
     negative = encode_text(text_encoder, request.negative_prompt)
     if text_encoder is not None and torch.device(device).type != "cpu":
         text_encoder.to("cpu")  # its job is done: give the accelerator's memory to the sampler
-    schedule = schedule_for_size(request.width, request.height, request.budget)
+    if request.image is None:
+        if request.mask is not None or request.keep_scales:
+            raise SamplingError("a mask or kept scales need an image to take the kept tokens from",
+                                hint="give the picture to edit (--image), or drop --mask / --keep-scales")
+        schedule, teacher = schedule_for_size(request.width, request.height, request.budget), None
+    else:
+        schedule, teacher = _image_teacher(tokenizer, request, layout.patchify, device)
     guided = any(c != 1 for c in request.settings.per_scale(schedule.num_scales)[0])
     require_memory(sampling_bytes(transformer.config, schedule, request.batch, guided, compute_dtype),
                    available_bytes(device), f"sampling {request.batch} image(s) at {schedule.image_hw}",
@@ -62,7 +73,24 @@ def generate(transformer: InfinityTransformer, tokenizer: BitwiseTokenizer, text
     result: SampleResult = sample(
         transformer, text, schedule, generators=make_generators(request.seed, request.batch),
         settings=request.settings, patchify=layout.patchify, negative=negative, batch=request.batch,
-        device=device, compute_dtype=compute_dtype, callback=callback)
+        teacher=teacher, device=device, compute_dtype=compute_dtype, callback=callback)
     latent = result.summed_codes.to(device)
     decoded = decode_tiled(tokenizer, latent, tile) if tile else tokenizer.decode(latent)
-    return to_rgb01(decoded), result
+    images = to_rgb01(decoded)
+    if request.mask is not None:  # the original's own pixels outside the feathered mask, at its size
+        images = paste_back(request.image.float(), images.cpu(), request.mask.float(), request.feather)[0]
+    return images, result
+
+
+def _image_teacher(tokenizer: BitwiseTokenizer, request: GenerationRequest, patchify: bool, device):
+    """The schedule of the picture's own aspect and the teacher forcing from its bits (and mask), as the
+    nodes build them: Infinity Encode's scale-and-crop for the picture and the mask alike."""
+    image = request.image
+    schedule = schedule_for_size(image.shape[2], image.shape[1], request.budget)
+    if not 0 <= request.keep_scales <= schedule.num_scales:
+        raise SamplingError(f"keep_scales {request.keep_scales}: the schedule has {schedule.num_scales} scales",
+                            hint=f"keep 0..{schedule.num_scales} scales of the image")
+    x = from_rgb01(image, schedule.image_hw).to(device)
+    bits = [b.cpu() for b in tokenizer.image_to_bits(x, schedule.vae_grids(patchify))[1]]
+    mask = None if request.mask is None else fit_mask(request.mask, schedule.image_hw, image.shape[1:3])
+    return schedule, TeacherForcing.for_image(bits, schedule, request.keep_scales, mask, patchify)

@@ -19,7 +19,8 @@ import torch
 
 from .conditioning import TextEmbedding
 from .errors import SamplingError
-from .quantizer import bits_to_codes, next_scale_input, token_bits_to_vae, upsample_codes, vae_bits_to_tokens
+from .masks import TeacherForcing
+from .quantizer import bits_to_codes, next_scale_input, token_bits_to_vae, upsample_codes
 from .schedules import ScaleSchedule
 from .transformer import InfinityTransformer
 
@@ -109,9 +110,15 @@ def draw_bits(probs_BN2: torch.Tensor, generators: Sequence[torch.Generator]) ->
     return out.to(probs_BN2.device)
 
 
-def make_generators(seed: int, batch: int, device="cpu", per_image: bool = True) -> list[torch.Generator]:
-    """Image i of a batch uses seed + i (so it equals a single run with that seed), or one shared stream."""
-    seeds = [seed + i for i in range(batch)] if per_image else [seed]
+def make_generators(seed: int, batch: int, device="cpu", per_image: bool = True,
+                    indices: Sequence[int] | None = None) -> list[torch.Generator]:
+    """Image i of a batch uses seed + i (so it equals a single run with that seed), or one shared stream.
+    `indices` replaces i (ComfyUI's batch_index: a picked image of a batch keeps its seed)."""
+    if indices is not None and len(indices) != batch:
+        raise SamplingError(f"{len(indices)} batch indices for a batch of {batch}",
+                            hint="give one index per image, or none")
+    offsets = list(indices) if indices is not None else list(range(batch))
+    seeds = [seed + int(i) for i in offsets] if per_image else [seed]
     return [torch.Generator(device=device).manual_seed(s % 2**64) for s in seeds]
 
 
@@ -147,19 +154,22 @@ def sample(
     patchify: bool = False,
     negative: TextEmbedding | None = None,
     batch: int | None = None,
-    teacher_bits: Sequence[torch.Tensor] = (),
+    teacher: TeacherForcing | None = None,
     stop_after: int | None = None,
     device=None,
     compute_dtype: torch.dtype = torch.float32,
     callback: Callable[[ScaleProgress], None] | None = None,
     record_logits: bool = False,
 ) -> SampleResult:
-    """Generate `batch` images' bits. `teacher_bits[si]` (transformer or VAE layout) replaces the draw
-    of scale si (the reference's gt_leak: image-to-image); `stop_after=k` keeps only scales < k."""
+    """Generate `batch` images' bits. `teacher` forces an image's bits into the draw, per scale and token
+    (image-to-image = the reference's gt_leak, inpainting; see masks.py); `stop_after=k` keeps only
+    scales < k."""
     B = text.batch if batch is None else batch
     if B < 1:
         raise SamplingError(f"batch size must be at least 1, got {B}", hint="generate 1 or more images")
     settings.validate(len(model.blocks), schedule.num_scales)
+    teacher = teacher if teacher is not None else TeacherForcing()
+    teacher.check(schedule.tokens_per_scale, B, model.config.bits_per_token)
     n = schedule.num_scales if stop_after is None else max(1, min(stop_after, schedule.num_scales))
     cfg_list, tau_list = settings.per_scale(schedule.num_scales)
     on_logits, mix_layers = _guidance(settings, len(model.blocks))
@@ -188,9 +198,9 @@ def sample(
             if record_logits:
                 logits_out.append(logits.clone())
             probs = mask_logits_(logits, settings.top_k, settings.top_p).softmax(dim=-1)
+            # every token is drawn, then the kept ones take the image's bits: the random stream ignores the mask
             bits = draw_bits(probs, generators).view(B, schedule.tokens_per_scale[si], -1).to(torch.uint8)
-            if si < len(teacher_bits):
-                bits = _as_token_bits(teacher_bits[si], patchify).to(device=bits.device, dtype=torch.uint8)
+            bits = teacher.apply(si, bits)
             codes = bits_to_codes(token_bits_to_vae(bits, schedule.grids[si], patchify))
             summed = summed + upsample_codes(codes, final_HW)
             if si + 1 < n:
@@ -202,7 +212,3 @@ def sample(
     finally:
         model.free(state)
     return SampleResult(bits_out, summed.squeeze(2), schedule, patchify, logits_out if record_logits else None)
-
-
-def _as_token_bits(bits: torch.Tensor, patchify: bool) -> torch.Tensor:
-    return vae_bits_to_tokens(bits, patchify) if bits.ndim == 5 else bits

@@ -5,13 +5,14 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import comfy_glue
 from .conditioning import InfinityTextEncode
+from .inpaint import InfinityInpaintComposite
 from .latents import InfinityDecode, InfinityEncode
 from .loaders import InfinityTextEncoderLoader, InfinityTokenizerLoader, InfinityTransformerLoader
 from .sampling import InfinitySampler, InfinitySamplerAdvanced
 
 NODES: list[type[io.ComfyNode]] = [
     InfinityTransformerLoader, InfinityTokenizerLoader, InfinityTextEncoderLoader, InfinityTextEncode,
-    InfinitySampler, InfinitySamplerAdvanced, InfinityDecode, InfinityEncode,
+    InfinitySampler, InfinitySamplerAdvanced, InfinityDecode, InfinityEncode, InfinityInpaintComposite,
 ]
 
 

@@ -10,7 +10,8 @@ from ..infinity_core.memory import decode_bytes, encode_bytes
 from ..infinity_core.quantizer import summed_codes
 from ..infinity_core.schedules import MAX_SIDE
 from . import comfy_glue as glue
-from .types import (BUDGETS, InfinityVAE, TokenizerHandle, describe_budget, latent_samples, pack_latent,
+from .inpaint import encode_mask, masks_for_batch
+from .types import (BUDGETS, InfinityVAE, TokenizerHandle, describe_budget, latent_samples, pack_latent, read_mask,
                     schedule_for_widgets)
 
 MIN_TILE = 8  # decode_tiled blends 4-cell overlaps
@@ -121,8 +122,9 @@ class InfinityEncode(io.ComfyNode):
             node_id="InfinityEncode",
             display_name="Infinity Encode",
             category="Infinity/latent",
-            description="Encodes an image into an Infinity latent (bits of every scale) for image-to-image. The "
-                        "image is scaled to cover the chosen template size and centre-cropped.",
+            description="Encodes an image into an Infinity latent (bits of every scale) for image-to-image, and with "
+                        "a mask for inpainting/outpainting. The image (and mask) is scaled to cover the chosen "
+                        "template size and centre-cropped.",
             inputs=[
                 io.Image.Input("image", tooltip="The image to encode."),
                 InfinityVAE.Input("vae", tooltip="The bitwise tokenizer (full file, with its encoder)."),
@@ -135,15 +137,24 @@ class InfinityEncode(io.ComfyNode):
                 io.Combo.Input("budget", options=BUDGETS, default="auto",
                                tooltip="Pixel budget of the latent (1M is about 1024x1024); auto = the one nearest to "
                                        "the target size (width x height, or the image's own). The sampler uses it."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Optional: what to regenerate (1 = regenerate, e.g. Load Image's alpha or Pad "
+                                      "Image for Outpainting's mask); stored as the latent's noise_mask, fitted with "
+                                      "the image. One mask for all images or one per image."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Summed codes plus the bits of every scale.")],
         )
 
     @classmethod
     def execute(cls, image: torch.Tensor, vae: TokenizerHandle, width: int = 0, height: int = 0,
-                budget: str = "auto") -> io.NodeOutput:
+                budget: str = "auto", mask=None) -> io.NodeOutput:
+        if mask is not None:  # checked before the work
+            mask = masks_for_batch(read_mask(mask, "mask"), image.shape[0] if image.ndim == 4 else 1, "mask")
         latent, schedule = encode_image(vae, image, width, height, budget)
         h, w = schedule.image_hw
-        return io.NodeOutput(latent, ui=ui.PreviewText(f"{w}x{h} px (h/w template {schedule.template}, "
-                                                       f"{describe_budget(budget, schedule)}, "
-                                                       f"{schedule.num_scales} scales)"))
+        text = (f"{w}x{h} px (h/w template {schedule.template}, {describe_budget(budget, schedule)}, "
+                f"{schedule.num_scales} scales)")
+        if mask is not None:
+            latent["noise_mask"], note = encode_mask(mask, tuple(image.shape[1:3]), schedule)
+            text += note
+        return io.NodeOutput(latent, ui=ui.PreviewText(text))

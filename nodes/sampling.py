@@ -22,9 +22,9 @@ from ..infinity_core.quantizer import token_bits_to_vae
 from ..infinity_core.sampler import SamplerSettings, make_generators, sample
 from ..infinity_core.schedules import MAX_SIDE, MIN_SIDE
 from . import comfy_glue as glue
+from .inpaint import carry_extras, seed_indices, teacher_for
 from .types import (BUDGETS, Conditioning, InfinityConditioning, InfinityModel, InfinityVAE, LatentView, ModelHandle,
-                    TokenizerHandle, about, describe_budget, pack_latent, read_latent, schedule_for_widgets,
-                    teacher_bits)
+                    TokenizerHandle, about, describe_budget, pack_latent, read_latent, schedule_for_widgets)
 
 TOP_P = 0.97  # the reference's gen_one_img default (its top_k=900 keeps both values of a bit: off)
 PROMPT_HINT = "type what the picture should show into the Infinity Text Encode node, e.g. 'a red fox in the snow'"
@@ -189,7 +189,7 @@ def _previewer(grids, vae: TokenizerHandle | None):
 
 
 def _run(model: ModelHandle, schedule, texts, settings: SamplerSettings, seed: int, batch: int, teacher,
-         stop_after: int, vae: TokenizerHandle | None, node_id):
+         indices, stop_after: int, vae: TokenizerHandle | None, node_id):
     cfg_values, _ = settings.per_scale(schedule.num_scales)
     need = sampling_bytes(model.config, schedule, batch, any(c != 1 for c in cfg_values), model.compute_dtype)
     previews, size = glue.preview_settings()
@@ -201,8 +201,9 @@ def _run(model: ModelHandle, schedule, texts, settings: SamplerSettings, seed: i
                      hint="lower batch_size or the pixel budget")
     n = min(stop_after, schedule.num_scales) if stop_after > 0 else schedule.num_scales
     callback = glue.progress_callback(n, node_id, _previewer(schedule.vae_grids(model.patchify), vae))
-    return sample(model.patcher.model, texts[0], schedule, generators=make_generators(seed, batch), settings=settings,
-                  patchify=model.patchify, negative=texts[1], batch=batch, teacher_bits=teacher, stop_after=n,
+    return sample(model.patcher.model, texts[0], schedule, generators=make_generators(seed, batch, indices=indices),
+                  settings=settings, patchify=model.patchify, negative=texts[1], batch=batch, teacher=teacher,
+                  stop_after=n,
                   device=model.patcher.load_device, compute_dtype=model.compute_dtype, callback=callback)
 
 
@@ -243,10 +244,14 @@ class InfinitySampler(io.ComfyNode):
             io.Float.Input("tau", default=0.5, min=0.01, max=5.0, step=0.01,
                            tooltip="Temperature of the bit logits; lower is more deterministic."),
             io.Latent.Input("latent_image", optional=True,
-                            tooltip="Optional image latent (Infinity Encode) for image-to-image; it sets the size."),
+                            tooltip="Optional image latent (Infinity Encode) for image-to-image; it sets the size. "
+                                    "With a noise_mask (Infinity Encode's mask, Set Latent Noise Mask) only the "
+                                    "masked part is regenerated; batch_index (Latent From Batch) sets the seeds."),
             io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                           tooltip="With latent_image: 1.0 = text-to-image; lower keeps round((1-denoise) x scales) "
-                                   "coarse scales of the image and generates the rest (the node shows how many)."),
+                           tooltip="With latent_image: 1.0 = text-to-image (with a mask: regenerate the masked part "
+                                   "from the first scale); lower keeps round((1-denoise) x scales) coarse scales of "
+                                   "the image whole and generates the rest (only inside the mask, if there is one; "
+                                   "the node shows how many)."),
         ]
 
     @classmethod
@@ -275,14 +280,18 @@ class InfinitySampler(io.ComfyNode):
         batch, view = _batch(view, batch_size)
         texts = _texts(model, positive, negative, batch)
         _check_vae(model, vae)
+        teacher, mask_text = teacher_for(view, k, batch, model.patchify)
+        indices = seed_indices(view, batch)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         _check_downstream_tokenizer(model, cls.hidden.prompt if cls.hidden is not None else None, node_id)
-        result = _run(model, schedule, texts, settings, seed, batch, teacher_bits(view, k) if view else [],
-                      stop_after_scale, vae, node_id)
+        result = _run(model, schedule, texts, settings, seed, batch, teacher, indices, stop_after_scale, vae, node_id)
         bits = [token_bits_to_vae(b, schedule.grids[si], model.patchify) for si, b in enumerate(result.bits)]
         latent = pack_latent(result.summed_codes, bits, schedule, model.patchify, glue.intermediate_device())
+        latent = carry_extras(latent_image, latent, indices)
         requested = None if view is not None else (width, height)
+        seeds = f"; seeds: seed + batch_index {indices}" if indices is not None else ""
         text = _describe(schedule, requested, budget if view is None else schedule.budget, k, len(bits))
+        text += mask_text + seeds
         return io.NodeOutput(latent, ui=ui.PreviewText(text))
 
 

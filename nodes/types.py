@@ -2,10 +2,12 @@
 
 LATENT made by this pack: `{"samples": [B, d, H, W] float32 summed codes (the decoder's input),
 "infinity": {"bits": [per scale, [B, 1, h, w, d] uint8, VAE layout], "template": float,
-"budget": str, "patchify": bool, "codebook_dim": int}}`. Core latent nodes copy the dict and keep
-extra keys without slicing them (RepeatLatentBatch, LatentFromBatch, LatentBatch), and
-SaveLatent/LoadLatent drop them, so the bits are only trusted per image where they still sum to
-that image's samples; other images are re-quantised from their samples.
+"budget": str, "patchify": bool, "codebook_dim": int}}`, plus ComfyUI's optional `"noise_mask"`
+(`[M, 1, h, w]`, 1 = regenerate; Set Latent Noise Mask, Infinity Encode's mask) and `"batch_index"`
+(Latent From Batch). Core latent nodes copy the dict and keep extra keys without slicing them
+(RepeatLatentBatch, LatentFromBatch, LatentBatch), and SaveLatent/LoadLatent drop them, so the bits
+are only trusted per image where they still sum to that image's samples; other images are
+re-quantised from their samples.
 """
 from __future__ import annotations
 
@@ -126,6 +128,28 @@ class LatentView:
     schedule: ScaleSchedule
     patchify: bool
     bits: list[torch.Tensor] | None
+    noise_mask: torch.Tensor | None = None  # [M, h, w] float in [0, 1], any resolution; 1 = regenerate
+    batch_index: list[int] | None = None
+
+
+def read_mask(mask, widget: str) -> torch.Tensor:
+    """A MASK (`[h, w]`, `[M, h, w]` or a noise_mask's `[M, 1, h, w]`) as `[M, h, w]` float32 in [0, 1]."""
+    ok = isinstance(mask, torch.Tensor) and 2 <= mask.ndim <= 4 and (mask.ndim < 4 or mask.shape[1] == 1)
+    if not ok or mask.numel() == 0 or not torch.isfinite(mask).all():
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ResolutionError(f"{widget}: expected a MASK [M, H, W] with values 0..1, got {shape}",
+                              hint="connect a MASK (Load Image, Pad Image for Outpainting, a mask editor)")
+    return mask.reshape(-1, *mask.shape[-2:]).float().clamp(0, 1)
+
+
+def _batch_index(latent: dict, batch: int, widget: str) -> list[int] | None:
+    index = latent.get("batch_index")
+    if index is None:
+        return None
+    if isinstance(index, (list, tuple)) and len(index) == batch and all(isinstance(i, int) for i in index):
+        return [int(i) for i in index]
+    log.warning("%s: ignoring a batch_index %r that does not list one index per image (%d)", widget, index, batch)
+    return None
 
 
 def _infinity_info(latent: dict, widget: str) -> dict | None:
@@ -180,7 +204,10 @@ def read_latent(latent, widget: str, bits_per_cell: int, patchify: bool, reader:
         raise ResolutionError(f"{widget}: a {hw[0]}x{hw[1]} latent grid is not the final grid of any Infinity "
                               "aspect-ratio template and pixel budget", hint=FOREIGN_LATENT_HINT)
     bits = info["bits"] if info is not None else None
-    return LatentView(samples, schedule, patchify, list(bits) if bits else None)
+    mask = latent.get("noise_mask")
+    mask = read_mask(mask, f"{widget} (its noise_mask)") if mask is not None else None
+    return LatentView(samples, schedule, patchify, list(bits) if bits else None, mask,
+                      _batch_index(latent, samples.shape[0], widget))
 
 
 def teacher_bits(view: LatentView, k: int) -> list[torch.Tensor]:

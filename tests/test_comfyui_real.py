@@ -43,7 +43,8 @@ PACK_DIR_NAME = "ComfyUI-Infinity"  # the custom_nodes folder name = the templat
 E2E = Path(__file__).resolve().parent / "comfyui_e2e"
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 PACK_NODES = {"InfinityTransformerLoader", "InfinityBitwiseTokenizerLoader", "InfinityTextEncoderLoader",
-              "InfinityTextEncode", "InfinitySampler", "InfinitySamplerAdvanced", "InfinityDecode", "InfinityEncode"}
+              "InfinityTextEncode", "InfinitySampler", "InfinitySamplerAdvanced", "InfinityDecode", "InfinityEncode",
+              "InfinityInpaintComposite"}
 RUN_TIMEOUT = 600
 
 pytestmark = [
@@ -106,6 +107,7 @@ def comfyui_server(populate: bool, env_extra: dict):
             tiny_models.populate(base, MODEL_A, TOKENIZER_DIR)
         else:
             tiny_models.input_image(base / "input" / "example.png")
+            tiny_models.masked_input_image(base / "input" / "example_masked.png")
         port = free_port()
         log_path = root / "server.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1", **env_extra)
@@ -210,28 +212,45 @@ def make_fast(prompt: dict) -> dict:
     return prompt
 
 
-def expected_sizes(prompt: dict, input_dir: Path) -> set[tuple[int, int]]:
-    """(width, height) of the saved images: the snapped sampler size (or the encoded image's), x4 after an
-    upscaler."""
+def image_size(prompt: dict, ref: list, input_dir: Path) -> tuple[int, int]:
+    """(width, height) of the IMAGE an output slot [node_id, slot] gives, following the graph."""
     from PIL import Image
 
     from infinity_core.schedules import schedule_for_size
-    sizes = set()
-    for node in prompt.values():
-        inputs = node["inputs"]
-        if node["class_type"] == "InfinityEncode":
-            w, h = inputs["width"], inputs["height"]
-            if not (w and h):
-                loader = prompt[inputs["image"][0]]
-                assert loader["class_type"] == "LoadImage"
-                w, h = Image.open(input_dir / loader["inputs"]["image"]).size
-            sizes.add(schedule_for_size(w, h, inputs["budget"]).image_hw[::-1])
-        elif node["class_type"].startswith("InfinitySampler") and not isinstance(inputs.get("latent_image"), list):
-            sizes.add(schedule_for_size(inputs["width"], inputs["height"], inputs["budget"]).image_hw[::-1])
-    assert len(sizes) == 1, sizes
-    (w, h), = sizes
-    factor = 4 if any(n["class_type"] == "ImageUpscaleWithModel" for n in prompt.values()) else 1
-    return {(w * factor, h * factor)}
+    node = prompt[ref[0]]
+    kind, inputs = node["class_type"], node["inputs"]
+    if kind == "LoadImage":
+        with Image.open(input_dir / inputs["image"]) as im:
+            return im.size
+    if kind == "ImagePadForOutpaint":
+        w, h = image_size(prompt, inputs["image"], input_dir)
+        return w + inputs["left"] + inputs["right"], h + inputs["top"] + inputs["bottom"]
+    if kind == "ImageUpscaleWithModel":
+        w, h = image_size(prompt, inputs["image"], input_dir)
+        return 4 * w, 4 * h
+    if kind == "InfinityInpaintComposite":  # the original's size
+        return image_size(prompt, inputs["original"], input_dir)
+    if kind == "InfinityDecode":
+        return image_size(prompt, inputs["samples"], input_dir)
+    if kind == "SetLatentNoiseMask":
+        return image_size(prompt, inputs["samples"], input_dir)
+    if kind == "InfinityEncode":
+        w, h = inputs["width"], inputs["height"]
+        if not (w and h):
+            w, h = image_size(prompt, inputs["image"], input_dir)
+        return schedule_for_size(w, h, inputs["budget"]).image_hw[::-1]
+    if kind.startswith("InfinitySampler"):
+        if isinstance(inputs.get("latent_image"), list):
+            return image_size(prompt, inputs["latent_image"], input_dir)
+        return schedule_for_size(inputs["width"], inputs["height"], inputs["budget"]).image_hw[::-1]
+    raise AssertionError(f"no size rule for {kind}")
+
+
+def expected_sizes(prompt: dict, input_dir: Path) -> set[tuple[int, int]]:
+    """(width, height) of the saved images: the snapped sampler size (or the encoded image's), x4 after an
+    upscaler, the original's after Infinity Inpaint Composite."""
+    return {image_size(prompt, n["inputs"]["images"], input_dir) for n in prompt.values()
+            if n["class_type"] == "SaveImage"}
 
 
 def check_outputs(comfy, prompt: dict, entry: dict) -> list[Path]:
@@ -327,6 +346,52 @@ def test_a_mismatched_tokenizer_is_refused_before_sampling(comfy):
     assert entry["status"]["status_str"] == "error" and errors[0]["node_type"] == "InfinitySampler", errors
     assert "the Infinity Decode of this latent uses infinity_vae_d56_f8_14_patchify.pth" in \
         errors[0]["exception_message"]
+
+
+def test_inpainting_respects_the_mask(comfy):
+    """The inpaint template with the transparent hole of example_masked.png: Set Latent Noise Mask is
+    respected (the sampled latent is the encoded one, cell for cell, wherever the mask paints nothing; it
+    differs inside), and Infinity Inpaint Composite leaves every pixel farther than its feather from the
+    mask identical to the input file."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from comfyui_e2e.models import HOLE
+    from infinity_core.masks import fit_mask
+    from infinity_core.schedules import schedule_for_size
+    workflow = json.loads((REPO / "workflows" / "infinity_inpaint.json").read_text())
+    prompt = make_fast(convert(workflow, comfy.object_info))
+    ids = {n["class_type"]: k for k, n in prompt.items()}
+    tag = uuid.uuid4().hex[:8]
+    for name, source in (("sampled", "InfinitySampler"), ("encoded", "InfinityEncode")):
+        prompt[f"save_{name}"] = {"class_type": "SaveLatent",
+                                  "inputs": {"samples": [ids[source], 0], "filename_prefix": f"latents/{name}_{tag}"}}
+    entry = run_prompt(comfy, prompt)
+    latents = {name: load_file(str(next((comfy.base / "output" / "latents").glob(f"{name}_{tag}_*.latent"))))
+               ["latent_tensor"] for name in ("sampled", "encoded")}
+    source = Image.open(comfy.base / "input" / "example_masked.png")
+    w, h = source.size
+    top, left, bottom, right = HOLE
+    mask = torch.zeros(1, h, w)
+    mask[:, top:bottom, left:right] = 1  # Load Image's MASK: 1 - alpha
+    frame = schedule_for_size(w, h, "0.06M").image_hw
+    painted = torch.nn.functional.max_pool2d((fit_mask(mask, frame) > 0).float()[None], 16)[0, 0] > 0
+    sampled, encoded = latents["sampled"][0], latents["encoded"][0]
+    assert sampled.shape == encoded.shape and painted.shape == sampled.shape[-2:]
+    assert torch.equal(sampled[:, ~painted], encoded[:, ~painted])
+    assert not torch.equal(sampled[:, painted], encoded[:, painted])
+    files = saved_images(comfy, entry)
+    assert len(files) == 1
+    out = np.asarray(Image.open(files[0]).convert("RGB"))
+    original = np.asarray(source.convert("RGB"))
+    feather = prompt[ids["InfinityInpaintComposite"]]["inputs"]["feather"]
+    far = np.ones((h, w), dtype=bool)
+    far[max(0, top - feather):bottom + feather, max(0, left - feather):right + feather] = False
+    assert out.shape == original.shape
+    assert (out[far] == original[far]).all()
+    assert (out[top:bottom, left:right] != original[top:bottom, left:right]).any()
 
 
 def test_invalid_prompt_is_refused(comfy):

@@ -30,7 +30,7 @@ def test_root_init_is_inert_without_comfyui(monkeypatch):
 
 def test_entrypoint_and_schemas(env):
     assert not hasattr(env.pack, "NODE_CLASS_MAPPINGS")  # it would make ComfyUI ignore comfy_entrypoint
-    assert len(env.nodes) == len(env.classes) == 8
+    assert len(env.nodes) == len(env.classes) == 9
     names = set()
     for node_id, cls in env.nodes.items():
         schema = cls.GET_SCHEMA()
@@ -41,7 +41,7 @@ def test_entrypoint_and_schemas(env):
             assert item.tooltip, f"{node_id}.{item.id} has no tooltip"
         for item in schema.outputs:
             assert item.tooltip, f"{node_id} output has no tooltip"
-    assert len(names) == 8
+    assert len(names) == 9
     simple = [i.id for i in env.nodes["InfinitySampler"].GET_SCHEMA().inputs]
     advanced = [i.id for i in env.nodes["InfinitySamplerAdvanced"].GET_SCHEMA().inputs]
     assert advanced[: len(simple)] == simple and len(advanced) == len(simple) + 8

@@ -29,6 +29,28 @@ def test_generate_is_deterministic_and_batches_by_seed(tiny_transformer, tiny_to
     assert (images[1] - single[0]).abs().max() < 1e-4  # same bits; batched decoding differs in float rounding only
 
 
+def test_generate_edits_a_picture_through_a_mask(tiny_transformer, tiny_tokenizer, prompt):
+    y, x = torch.meshgrid(torch.linspace(0, 1, 300), torch.linspace(0, 1, 280), indexing="ij")
+    picture = torch.stack([x, y, (x + y) / 2], -1)[None]
+    mask = torch.zeros(1, 75, 70)  # another size: stretched onto the picture (rows 100..199, columns 80..159)
+    mask[:, 25:50, 20:40] = 1
+    images, result = generate(tiny_transformer, tiny_tokenizer, None, request(prompt, image=picture, mask=mask,
+                                                                              feather=8, seed=3))
+    assert images.shape == picture.shape and result.schedule.template == 1.0  # 300x280 -> the 1:1 template
+    far = torch.ones(300, 280, dtype=torch.bool)
+    far[100 - 9:200 + 9, 80 - 9:160 + 9] = False
+    assert torch.equal(images[0][far], picture[0][far])
+    assert (images[0, 120:180, 100:140] - picture[0, 120:180, 100:140]).abs().mean() > 0.02
+    encoded = tiny_tokenizer.image_to_bits(from_rgb01(picture, (256, 256)), result.schedule.vae_grids(False))[1]
+    whole, kept = generate(tiny_transformer, tiny_tokenizer, None, request(prompt, image=picture, keep_scales=7))
+    assert all(torch.equal(a, b.flatten(1, 3)) for a, b in zip(kept.bits, encoded))  # img2img, all scales kept
+    assert whole.shape == (1, 256, 256, 3)  # no mask: the template's frame, as Infinity Encode
+    with pytest.raises(SamplingError, match="HINT"):
+        generate(tiny_transformer, tiny_tokenizer, None, request(prompt, mask=mask))
+    with pytest.raises(SamplingError, match="keep_scales 9"):
+        generate(tiny_transformer, tiny_tokenizer, None, request(prompt, image=picture, keep_scales=9))
+
+
 def test_empty_prompt_is_refused(tiny_transformer, tiny_tokenizer):
     class Encoder:
         def encode(self, prompts):
@@ -130,6 +152,7 @@ def test_cli_reports_bad_files_without_a_traceback(tmp_path, capsys):
 @pytest.mark.skipif(not (TOKENIZER_DIR / "tokenizer.json").is_file(), reason="shared T5 tokenizer missing")
 def test_cli_generate_end_to_end(tmp_path, tiny_files, capsys):
     """The run command with every file given: T5 folder -> sampler -> decoder -> PNGs (tiny models)."""
+    import numpy as np
     from PIL import Image
     from transformers import T5Config, T5EncoderModel
     torch.manual_seed(0)
@@ -146,3 +169,18 @@ def test_cli_generate_end_to_end(tmp_path, tiny_files, capsys):
     assert "wrote" in capsys.readouterr().out
     for i in range(2):
         assert Image.open(tmp_path / f"x_0{i}.png").size == (320, 240)
+    rgba = Image.open(tmp_path / "x_00.png").convert("RGBA")  # inpaint its transparent hole
+    alpha = Image.new("L", rgba.size, 255)
+    alpha.paste(0, (100, 60, 180, 140))
+    rgba.putalpha(alpha)
+    rgba.save(tmp_path / "hole.png")
+    argv[argv.index("--batch") + 1], argv[-1] = "1", str(tmp_path / "y.png")
+    assert cli.main(argv + ["--image", str(tmp_path / "hole.png")]) == 0
+    out = torch.from_numpy(np.asarray(Image.open(tmp_path / "y.png").convert("RGB")).copy())
+    source = torch.from_numpy(np.asarray(rgba.convert("RGB")).copy())
+    far = torch.ones(240, 320, dtype=torch.bool)
+    far[60 - 16:140 + 16, 100 - 16:180 + 16] = False
+    assert torch.equal(out[far], source[far]) and not torch.equal(out[60:140, 100:180], source[60:140, 100:180])
+    (tmp_path / "not_a_picture.png").write_text("x")
+    assert cli.main(argv + ["--image", str(tmp_path / "not_a_picture.png")]) == 1
+    assert "cannot read the picture" in capsys.readouterr().err

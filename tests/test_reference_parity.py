@@ -19,6 +19,7 @@ import torch
 import reference_cases as rc
 from infinity_core.images import to_uint8_bgr
 from infinity_core.loading import pair
+from infinity_core.masks import TeacherForcing
 from infinity_core.quantizer import quantize_multiscale, summed_codes, token_bits_to_vae
 from infinity_core.sampler import draw_bits, mask_logits_, sample
 
@@ -139,7 +140,8 @@ def _teacher_forcing_case(case: rc.Case, fmt: str, check: rc.Checker, full: bool
         n = sum(schedule.tokens_per_scale[:2])
         teacher = list(gt_ref.split(list(schedule.tokens_per_scale), dim=1))[:2]
         res = sample(model, text, schedule, generators=[torch.Generator().manual_seed(0)], patchify=case.patchify,
-                     settings=case.settings_unguided(), teacher_bits=teacher, stop_after=2, record_logits=True)
+                     settings=case.settings_unguided(), teacher=TeacherForcing.first_scales(teacher), stop_after=2,
+                     record_logits=True)
         for name, (ref, tol) in variants.items():
             check.close(f"{name} scales 0-1 (KV-cached sampler path)", torch.cat(res.logits, 1),
                         ref[:, :n].reshape(ref.shape[0], -1, 2), rel=tol)
@@ -210,7 +212,8 @@ def _generation_case(case: rc.Case, fmt: str, check: rc.Checker, full: bool):
     def run(teacher=(), stop=None):
         generators = [torch.Generator().manual_seed(seed if seed is not None else 0)]
         return sample(model, text, schedule, generators=generators, settings=settings, patchify=patchify,
-                      negative=negative, batch=B, teacher_bits=teacher, stop_after=stop, record_logits=True)
+                      negative=negative, batch=B, teacher=TeacherForcing.first_scales(teacher), stop_after=stop,
+                      record_logits=True)
 
     if not full:
         for v in tight:

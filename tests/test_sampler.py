@@ -8,6 +8,7 @@ import torch
 from infinity_core.conditioning import TextEmbedding
 from infinity_core.errors import SamplingError
 from infinity_core.quantizer import bits_to_codes, summed_codes, token_bits_to_vae, vae_bits_to_tokens
+from infinity_core.masks import TeacherForcing
 from infinity_core.sampler import SamplerSettings, draw_bits, make_generators, mask_logits_, sample
 from infinity_core.schedules import ScaleSchedule
 
@@ -30,10 +31,11 @@ def test_cfg_one_equals_the_conditional_pass(tiny_transformer, prompt):
 
 def test_guidance_mixes_the_two_halves_after_temperature(tiny_transformer, prompt):
     tau, cfg = 0.5, 3.0
-    cond = run(tiny_transformer, prompt, settings=SamplerSettings(cfg=1.0, tau=tau), teacher_bits=[])
-    guided = run(tiny_transformer, prompt, settings=SamplerSettings(cfg=cfg, tau=tau), teacher_bits=cond.bits)
+    cond = run(tiny_transformer, prompt, settings=SamplerSettings(cfg=1.0, tau=tau))
+    forced = TeacherForcing.first_scales(cond.bits)
+    guided = run(tiny_transformer, prompt, settings=SamplerSettings(cfg=cfg, tau=tau), teacher=forced)
     uncond_text = tiny_transformer.null_text(prompt)
-    uncond = run(tiny_transformer, uncond_text, settings=SamplerSettings(cfg=1.0, tau=tau), teacher_bits=cond.bits)
+    uncond = run(tiny_transformer, uncond_text, settings=SamplerSettings(cfg=1.0, tau=tau), teacher=forced)
     for si in range(SQUARE.num_scales):
         expected = cfg * cond.logits[si] + (1 - cfg) * uncond.logits[si]
         assert torch.allclose(guided.logits[si], expected, atol=2e-4), si
@@ -72,10 +74,10 @@ def test_same_seed_same_bits_and_batch_image_i_equals_seed_plus_i(tiny_transform
 def test_teacher_forcing_all_scales_reproduces_the_given_bits(tiny_transformer, prompt):
     source = run(tiny_transformer, prompt, 3)
     vae_bits = [token_bits_to_vae(b, g, False) for b, g in zip(source.bits, SQUARE.grids)]
-    forced = run(tiny_transformer, prompt, 99, teacher_bits=vae_bits)
+    forced = run(tiny_transformer, prompt, 99, teacher=TeacherForcing.first_scales(vae_bits))
     assert all(torch.equal(x, y) for x, y in zip(forced.bits, source.bits))
     assert torch.equal(forced.summed_codes, summed_codes(vae_bits, (16, 16)).squeeze(2))
-    partly = run(tiny_transformer, prompt, 99, teacher_bits=vae_bits[:3])
+    partly = run(tiny_transformer, prompt, 99, teacher=TeacherForcing.first_scales(vae_bits[:3]))
     assert all(torch.equal(x, y) for x, y in zip(partly.bits[:3], source.bits[:3]))
 
 

@@ -24,7 +24,7 @@ from pack_harness import FAKES, REPO, _drop_modules, _load_by_path
 WORKFLOW_DIR = REPO / "workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
 EXPECTED = {"infinity_2b_text_to_image", "infinity_8b_text_to_image", "infinity_image_to_image",
-            "infinity_batch_upscale", "infinity_low_vram"}
+            "infinity_batch_upscale", "infinity_low_vram", "infinity_inpaint", "infinity_outpaint"}
 PACK = "custom_nodes_x_ComfyUI-Infinity_workflows_under_test"
 FAKES_NAME = "comfy_fakes_workflows_under_test"
 PACK_CNR_ID = "infinity-bitwise-ar"  # pyproject [project].name
@@ -54,6 +54,12 @@ CORE_NODES = {
                                    outputs=(("UPSCALE_MODEL", "UPSCALE_MODEL"),)),
     "ImageUpscaleWithModel": NodeSpec(sockets=(("upscale_model", "UPSCALE_MODEL", False), ("image", "IMAGE", False)),
                                       outputs=(("IMAGE", "IMAGE"),)),
+    "SetLatentNoiseMask": NodeSpec(sockets=(("samples", "LATENT", False), ("mask", "MASK", False)),
+                                   outputs=(("LATENT", "LATENT"),)),
+    "ImagePadForOutpaint": NodeSpec(sockets=(("image", "IMAGE", False),),
+                                    widgets=tuple((side, "INT", 0) for side in ("left", "top", "right", "bottom",
+                                                                                 "feathering")),
+                                    outputs=(("IMAGE", "IMAGE"), ("MASK", "MASK"))),
 }
 LOADERS = {  # loader node -> (file widget, models/ folder the file goes to)
     "InfinityTransformerLoader": ("model_name", "infinity"),
@@ -376,6 +382,36 @@ def test_image_to_image(pack):
     assert f"{round((1 - w['denoise']) * n)} of the {n} scales" in notes(wf)
     assert upstream(wf, sampler, "vae")["type"] == "InfinityBitwiseTokenizerLoader"
     assert upstream(wf, the(pack, wf, "InfinityDecode")[0], "samples") is sampler
+
+
+def test_inpaint(pack):
+    """Load Image (its MASK) -> Encode -> Set Latent Noise Mask -> Sampler -> Decode -> Inpaint Composite."""
+    wf = load(WORKFLOW_DIR / "infinity_inpaint.json")
+    loader = the(pack, wf, "LoadImage")[0]
+    setmask = the(pack, wf, "SetLatentNoiseMask")[0]
+    assert upstream(wf, setmask, "samples")["type"] == "InfinityEncode" and upstream(wf, setmask, "mask") is loader
+    sampler, w = the(pack, wf, "InfinitySampler")
+    assert upstream(wf, sampler, "latent_image") is setmask and w["denoise"] == 1.0
+    composite, c = the(pack, wf, "InfinityInpaintComposite")
+    assert upstream(wf, composite, "original") is loader and upstream(wf, composite, "mask") is loader
+    assert upstream(wf, composite, "generated")["type"] == "InfinityDecode" and c["feather"] > 0
+    assert upstream(wf, the(pack, wf, "SaveImage")[0], "images") is composite
+    assert "MaskEditor" in notes(wf) and "Zero-shot" in notes(wf)
+
+
+def test_outpaint(pack):
+    """Load Image -> Pad Image for Outpainting -> Encode (image + mask) -> Sampler -> Decode -> Inpaint Composite."""
+    wf = load(WORKFLOW_DIR / "infinity_outpaint.json")
+    pad, p = the(pack, wf, "ImagePadForOutpaint")
+    assert upstream(wf, pad, "image")["type"] == "LoadImage" and p["right"] > 0
+    encode = the(pack, wf, "InfinityEncode")[0]
+    assert upstream(wf, encode, "image") is pad and upstream(wf, encode, "mask") is pad
+    assert {link[2] for link in wf["links"] if link[1] == pad["id"] and link[3] == encode["id"]} == {0, 1}
+    sampler = the(pack, wf, "InfinitySampler")[0]
+    assert upstream(wf, sampler, "latent_image") is encode
+    composite = the(pack, wf, "InfinityInpaintComposite")[0]
+    assert upstream(wf, composite, "original") is pad and upstream(wf, composite, "mask") is pad
+    assert upstream(wf, the(pack, wf, "SaveImage")[0], "images") is composite
 
 
 def test_batch_upscale(pack):

@@ -111,6 +111,11 @@ class Image:
     pass
 
 
+@comfytype("MASK")
+class Mask:
+    pass
+
+
 @comfytype("LATENT")
 class Latent:
     pass

@@ -114,6 +114,7 @@ try {
       const nodes = window.app.graph.nodes.map((n) => ({
         id: n.id, type: n.type, known: !!window.LiteGraph?.registered_node_types?.[n.type],
         has_errors: !!n.has_errors, size: [...n.size], min: [...n.computeSize()],
+        sized_by_latent: !!n.inputs?.some((i) => i.name === "latent_image" && i.link != null),
       }));
       return { status: res.status, thumbnail: thumb.status, thumbnail_type: thumb.headers.get("content-type"), nodes };
     }, { module: moduleName, name });
@@ -196,8 +197,27 @@ try {
       const dialog = page.locator('[role="dialog"]');
       await dialog.getByText(moduleName, { exact: true }).first().click({ timeout: 15000 });
       await page.waitForTimeout(1000);
-      step.thumbnails = await page.evaluate(() => [...document.querySelectorAll('[role="dialog"] img')]
-        .filter((i) => i.complete && i.naturalWidth > 0).length);
+      // the card grid is virtual (cards load their thumbnails when scrolled into view and leave the page when
+      // scrolled away): count the distinct thumbnails seen while scrolling down in half screens
+      const seen = new Set();
+      for (let i = 0; i < 12; i++) {
+        const found = await page.evaluate(() => [...document.querySelectorAll('[role="dialog"] img')]
+          .filter((im) => im.complete && im.naturalWidth > 0).map((im) => im.currentSrc || im.src));
+        found.forEach((src) => seen.add(src));
+        const moved = await page.evaluate(() => {
+          let any = false;
+          document.querySelectorAll('[role="dialog"] *').forEach((e) => {
+            if (e.scrollHeight > e.clientHeight + 4 && e.scrollTop + e.clientHeight < e.scrollHeight - 1) {
+              e.scrollTop += e.clientHeight / 2;
+              any = true;
+            }
+          });
+          return any;
+        });
+        await page.waitForTimeout(500);
+        if (!moved && i > 0) break;
+      }
+      step.thumbnails = seen.size;
       if (shots) await page.screenshot({ path: path.join(shots, "template_browser.png") });
       await dialog.getByText(name, { exact: true }).first().click({ timeout: 15000 });
       await page.waitForTimeout(1500);
@@ -207,8 +227,10 @@ try {
     }
   }
 
-  if (flag("probe")) {  // the size preview follows widget edits (first workflow with an Infinity Sampler)
-    const first = report.workflows.find((w) => w.nodes?.some((n) => n.type === "InfinitySampler"));
+  if (flag("probe")) {  // the size preview follows widget edits (first workflow with an Infinity Sampler whose
+    // size comes from its widgets, not from a latent_image)
+    const first = report.workflows.find(
+      (w) => w.nodes?.some((n) => n.type === "InfinitySampler" && !n.sized_by_latent));
     if (first) {
       if (flag("queue")) await idle(page);
       await page.evaluate(async ({ module, name }) => {

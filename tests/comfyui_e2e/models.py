@@ -112,6 +112,21 @@ def input_image(path: Path, size=(320, 240)) -> None:
     Image.fromarray(rgb).save(path)
 
 
+HOLE = (60, 120, 160, 200)  # top, left, bottom, right of the transparent part of example_masked.png
+
+
+def masked_input_image(path: Path, size=(320, 240)) -> None:
+    """The example picture with a transparent rectangle (HOLE): Load Image's MASK is 1 there."""
+    input_image(path, size)
+    with Image.open(path) as im:
+        rgba = im.convert("RGBA")
+    top, left, bottom, right = HOLE
+    alpha = Image.new("L", rgba.size, 255)
+    alpha.paste(0, (left, top, right, bottom))
+    rgba.putalpha(alpha)
+    rgba.save(path)
+
+
 def populate(base: Path, model_a: Path, tokenizer_dir: Path) -> dict[str, Path]:
     """Every file the example workflows name, under a ComfyUI --base-directory."""
     models = base / "models"
@@ -128,4 +143,5 @@ def populate(base: Path, model_a: Path, tokenizer_dir: Path) -> dict[str, Path]:
     t5_encoder_stand_in(models / "text_encoders" / "flan-t5-xl-encoder", tokenizer_dir)
     upscaler_stand_in(models / "upscale_models" / "RealESRGAN_x4plus.safetensors")
     input_image(base / "input" / "example.png")
+    masked_input_image(base / "input" / "example_masked.png")
     return files

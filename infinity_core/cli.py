@@ -1,8 +1,9 @@
-"""Command line: `python -m infinity_core {generate,convert,info,selfcheck} ...`."""
+"""Command line: `python -m infinity_core {download,generate,convert,info,selfcheck} ...`."""
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,17 +16,16 @@ from .images import save_png
 
 log = logging.getLogger("infinity_core")
 
+DEFAULT_MODELS_DIR = "models"  # or $INFINITY_MODELS_DIR; ComfyUI's models/ folder works as is
 MODEL_FILES = """\
-Infinity needs three model files (download them yourself; nothing is fetched automatically):
-  transformer         infinity_2b_reg.pth (Infinity-2B, 2.2B params)
-                      https://huggingface.co/FoundationVision/Infinity  ->  ComfyUI/models/infinity/
-  bitwise tokenizer   infinity_vae_d32reg.pth (the tokenizer Infinity-2B was trained with)
-                      https://huggingface.co/FoundationVision/Infinity  ->  ComfyUI/models/infinity/
-  text encoder        google/flan-t5-xl (folder with config.json, weights and tokenizer files)
-                      https://huggingface.co/google/flan-t5-xl  ->  ComfyUI/models/text_encoders/flan-t5-xl/
-  Infinity-8B instead: the folder infinity_8b_weights/ and infinity_vae_d56_f8_14_patchify.pth
-                      (same Hugging Face repository).
-Then: python -m infinity_core generate --transformer T --vae V --text-encoder DIR --prompt "..." --out out.png"""
+Infinity needs three model files. Fetch them (verified, resumable) into a models folder with
+  python -m infinity_core download 2b --models-dir models        (or 8b, 8b-512, t5, all)
+then `generate` finds them there (--models-dir, default ./models or $INFINITY_MODELS_DIR):
+  transformer        models/infinity/infinity_2b_reg.pth  (Infinity-8B: infinity_8b_weights/)
+  bitwise tokenizer  models/infinity/infinity_vae_d32reg.pth  (Infinity-8B: infinity_vae_d56_f8_14_patchify.pth)
+  text encoder       models/text_encoders/flan-t5-xl-encoder/  (or a google/flan-t5-xl folder in
+                     models/text_encoders/flan-t5-xl/)
+Any of them can also be given as a path: --transformer, --vae, --text-encoder."""
 
 
 def _float_list(text: str):
@@ -47,10 +47,57 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def _models_dir(args) -> Path:
+    return Path(args.models_dir or os.environ.get("INFINITY_MODELS_DIR") or DEFAULT_MODELS_DIR)
+
+
+def _official_paths(args) -> dict[str, Path]:
+    """Where the chosen model's official files are (or will be) in the models folder."""
+    from .model_files import bundle
+    root = _models_dir(args)
+    paths = {spec.kind: root / spec.folder / spec.name for spec in bundle(args.model)}
+    hf_folder = root / "text_encoders" / "flan-t5-xl"
+    if not paths["text_encoder"].exists() and (hf_folder / "config.json").is_file():
+        paths["text_encoder"] = hf_folder  # a google/flan-t5-xl folder downloaded by hand works too
+    return paths
+
+
+def _resolve_files(args) -> None:
+    """--transformer/--vae/--text-encoder default to the official files of --model in --models-dir."""
+    paths = _official_paths(args)
+    args.transformer = args.transformer or str(paths["transformer"])
+    args.vae = args.vae or str(paths["tokenizer"])
+    args.text_encoder = args.text_encoder or str(paths["text_encoder"])
+
+
 def _missing_files(args) -> list[str]:
     given = {"--transformer": args.transformer, "--vae": args.vae, "--text-encoder": args.text_encoder}
-    return [f"{flag} {'(not given)' if not value else value + ' (not found)'}"
-            for flag, value in given.items() if not value or not Path(value).exists()]
+    return [f"{flag} {value} (not found)" for flag, value in given.items() if not Path(value).exists()]
+
+
+def _download(targets: list[str], models_dir: Path, dry_run: bool = False) -> int:
+    from .downloads import describe, plan, run
+    from .model_files import bundle, gb
+    specs = list({spec.key: spec for t in targets for spec in bundle(t)}.values())
+    steps = plan(specs, lambda folder: models_dir / folder)
+    print(f"models folder: {models_dir.resolve()}\n" + describe(steps))
+    if dry_run or all(s.present for s in steps):
+        return 0
+    from tqdm.auto import tqdm
+    with tqdm(total=1, unit="B", unit_scale=True, unit_divisor=1000, dynamic_ncols=True) as bar:
+        def progress(p):
+            bar.total = max(p.total, p.done)
+            bar.set_description(f"{p.phase} {p.what[-40:]}", refresh=False)
+            bar.update(p.done - bar.n)
+        report = run(steps, progress)
+    for path in report.paths:
+        print(f"ready: {path}")
+    print(f"fetched {gb(report.fetched)} in {report.seconds:.1f} s ({report.mb_per_s:.1f} MB/s)")
+    return 0
+
+
+def cmd_download(args) -> int:
+    return _download(args.targets, _models_dir(args), args.dry_run)
 
 
 def _load_picture(args) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -79,9 +126,19 @@ def _load_picture(args) -> tuple[torch.Tensor | None, torch.Tensor | None]:
 
 
 def cmd_generate(args) -> int:
+    _resolve_files(args)
     missing = _missing_files(args)
+    if missing and args.download:
+        _download([args.model], _models_dir(args))
+        _resolve_files(args)
+        missing = _missing_files(args)
     if missing:
-        sys.stderr.write("Missing model files:\n  " + "\n  ".join(missing) + "\n\n" + MODEL_FILES + "\n")
+        from .downloads import manual_instructions
+        from .model_files import bundle
+        root = _models_dir(args)
+        sys.stderr.write("Missing model files:\n  " + "\n  ".join(missing) + "\n\n" + MODEL_FILES + "\n\n"
+                         "Or add --download to fetch them now, or get them by hand:\n"
+                         + manual_instructions(bundle(args.model), lambda folder: root / folder) + "\n")
         return 2
     image, mask = _load_picture(args)  # before loading any model
     from .loading import load_tokenizer, load_transformer
@@ -148,13 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt", default="")
-    g.add_argument("--transformer", help="infinity_2b_reg.pth / .safetensors / Infinity-8B weights folder")
-    g.add_argument("--vae", help="bitwise tokenizer, e.g. infinity_vae_d32reg.pth")
-    g.add_argument("--text-encoder", help="flan-t5-xl folder, or an encoder-only .safetensors")
+    g.add_argument("--model", default="2b", choices=["2b", "8b", "8b-512"],
+                   help="which official files to use from --models-dir (default 2b)")
+    g.add_argument("--models-dir", help=f"models folder (default ${{INFINITY_MODELS_DIR}} or ./{DEFAULT_MODELS_DIR})")
+    g.add_argument("--download", action="store_true", help="fetch the model's missing official files first")
+    g.add_argument("--transformer", help="instead of the official file: infinity_2b_reg.pth / .safetensors / "
+                                        "the Infinity-8B index.json or folder")
+    g.add_argument("--vae", help="instead of the official file: a bitwise tokenizer, e.g. infinity_vae_d32reg.pth")
+    g.add_argument("--text-encoder", help="instead of the official file: a flan-t5-xl folder, or an encoder-only "
+                                          ".safetensors")
     g.add_argument("--tokenizer", help="T5 tokenizer folder (default: beside the text encoder)")
     g.add_argument("--width", type=int, default=1024)
     g.add_argument("--height", type=int, default=1024)
-    g.add_argument("--budget", default="1M", choices=["0.06M", "0.25M", "0.60M", "1M"])
+    g.add_argument("--budget", default="auto", choices=["auto", "0.06M", "0.25M", "0.60M", "1M"],
+                   help="pixel budget; auto (default): the one whose size is nearest to width x height")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch", type=int, default=1)
     g.add_argument("--cfg", type=_float_list, default=3.0, help="number, or one value per scale: 1,2,3,...")
@@ -175,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "fp32 on CPUs (README: GPUs and Macs)")
     g.add_argument("--out", default="infinity.png")
     g.set_defaults(func=cmd_generate)
+    d = sub.add_parser("download", help="fetch the official model files into a models folder (verified, resumable)",
+                       parents=[common])
+    d.add_argument("targets", nargs="+", choices=["2b", "8b", "8b-512", "t5", "all"],
+                   help="2b / 8b / 8b-512: transformer + tokenizer + text encoder; t5: the text encoder only")
+    d.add_argument("--models-dir", help=f"models folder (default ${{INFINITY_MODELS_DIR}} or ./{DEFAULT_MODELS_DIR}); "
+                                        "files go to its infinity/ and text_encoders/ subfolders, as in ComfyUI")
+    d.add_argument("--dry-run", action="store_true", help="only say what is present and what would be fetched")
+    d.set_defaults(func=cmd_download)
     c = sub.add_parser("convert", help="write a .safetensors copy of a .pth checkpoint (same keys)", parents=[common])
     c.add_argument("src")
     c.add_argument("dst", nargs="?", help="output file (default: SRC with .safetensors); never replaced unless "
@@ -196,6 +268,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose or args.command == "selfcheck" else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for name in ("httpx", "httpx2", "urllib3"):  # one line per HTTP request otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except InfinityError as err:

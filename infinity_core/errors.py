@@ -45,3 +45,7 @@ class InputError(InfinityError):
 class NumericalError(InfinityError):
     """NaN or infinity produced inside a model (bit logits, encoder features, decoded pixels): usually
     float16 overflow, else damaged weights or extreme settings."""
+
+
+class DownloadError(InfinityError):
+    """A model file that could not be fetched, verified or written (offline, full disk, bad bytes, ...)."""

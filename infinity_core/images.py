@@ -68,11 +68,23 @@ def _ramp(n: int, overlap: int, at_start: bool, at_end: bool, device) -> torch.T
     return w
 
 
+def tile_boxes(H: int, W: int, tile: int, overlap: int = 4) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) latent boxes of overlapping tiles covering an H x W grid, in decoding order."""
+    step, boxes = tile - overlap, []
+    for y in range(0, max(H - overlap, 1), step):
+        for x in range(0, max(W - overlap, 1), step):
+            y1, x1 = min(y + tile, H), min(x + tile, W)
+            boxes.append((max(0, y1 - tile), y1, max(0, x1 - tile), x1))
+    return boxes
+
+
 @torch.no_grad()
-def decode_tiled(vae: BitwiseTokenizer, latent_BdHW: torch.Tensor, tile: int = 32, overlap: int = 4) -> torch.Tensor:
+def decode_tiled(vae: BitwiseTokenizer, latent_BdHW: torch.Tensor, tile: int = 32, overlap: int = 4,
+                 on_tile=None) -> torch.Tensor:
     """Decode in overlapping latent tiles blended linearly: bounded memory for large images.
 
     GroupNorm statistics are per tile, so seams are possible where tiles differ; full decoding is exact.
+    `on_tile()` is called after each tile (progress; it may raise to cancel).
     """
     if tile <= overlap:
         raise ResolutionError(f"tile size {tile} must be larger than the tiles' overlap ({overlap} latent cells)",
@@ -84,17 +96,15 @@ def decode_tiled(vae: BitwiseTokenizer, latent_BdHW: torch.Tensor, tile: int = 3
     f = vae.config.patch_size
     out = torch.zeros(B, 3, H * f, W * f, device=latent_BdHW.device)
     weight = torch.zeros(1, 1, H * f, W * f, device=latent_BdHW.device)
-    step = tile - overlap
-    for y in range(0, max(H - overlap, 1), step):
-        for x in range(0, max(W - overlap, 1), step):
-            y1, x1 = min(y + tile, H), min(x + tile, W)
-            y0, x0 = max(0, y1 - tile), max(0, x1 - tile)
-            part = vae.decode(latent_BdHW[..., y0:y1, x0:x1]).float()
-            wy = _ramp((y1 - y0) * f, overlap * f, y0 == 0, y1 == H, out.device)
-            wx = _ramp((x1 - x0) * f, overlap * f, x0 == 0, x1 == W, out.device)
-            w2 = wy[:, None] * wx[None, :]
-            out[..., y0 * f:y1 * f, x0 * f:x1 * f] += part * w2
-            weight[..., y0 * f:y1 * f, x0 * f:x1 * f] += w2
+    for y0, y1, x0, x1 in tile_boxes(H, W, tile, overlap):
+        part = vae.decode(latent_BdHW[..., y0:y1, x0:x1]).float()
+        wy = _ramp((y1 - y0) * f, overlap * f, y0 == 0, y1 == H, out.device)
+        wx = _ramp((x1 - x0) * f, overlap * f, x0 == 0, x1 == W, out.device)
+        w2 = wy[:, None] * wx[None, :]
+        out[..., y0 * f:y1 * f, x0 * f:x1 * f] += part * w2
+        weight[..., y0 * f:y1 * f, x0 * f:x1 * f] += w2
+        if on_tile is not None:
+            on_tile()
     return (out / weight).clamp(-1, 1)
 
 

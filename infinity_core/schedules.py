@@ -29,6 +29,7 @@ _RATIO_TO_GRIDS: dict[float, tuple[tuple[int, int], ...]] = {
 
 # pixel budget name -> number of scales (the reference's keys; '0.60M' is not '0.5M')
 PIXEL_BUDGETS: dict[str, int] = {"0.06M": 7, "0.25M": 10, "0.60M": 12, "1M": 13}
+AUTO_BUDGET = "auto"  # the budget whose image is nearest in pixel count to the requested width x height
 
 
 def _build_templates() -> dict[float, tuple[tuple[int, int], ...]]:
@@ -104,8 +105,18 @@ def nearest_template(h_div_w: float) -> float:
 MIN_SIDE, MAX_SIDE, MAX_ASPECT = 64, 3584, 4.0
 
 
-def schedule_for_size(width: int, height: int, budget: str = "1M") -> ScaleSchedule:
-    """Snap a requested width/height to the nearest aspect template at the given pixel budget."""
+def nearest_budget(template: float, width: int, height: int) -> str:
+    """The budget whose image (at this template) has the pixel count nearest to width x height; the smaller
+    one on a tie."""
+    def pixels(budget: str) -> int:
+        h, w = ScaleSchedule(template, budget).image_hw
+        return h * w
+    return min(PIXEL_BUDGETS, key=lambda b: abs(pixels(b) - width * height))
+
+
+def schedule_for_size(width: int, height: int, budget: str = AUTO_BUDGET) -> ScaleSchedule:
+    """Snap a requested width/height to the nearest aspect template at the given pixel budget ("auto": the
+    budget nearest in pixel count to width x height)."""
     if min(width, height) < MIN_SIDE or max(width, height) > MAX_SIDE:
         raise ResolutionError(f"{width}x{height} is too far outside the sizes Infinity generates "
                               f"(its templates span 144..1776 px per side; requests are snapped to them)",
@@ -114,7 +125,8 @@ def schedule_for_size(width: int, height: int, budget: str = "1M") -> ScaleSched
     if max(width / height, height / width) > MAX_ASPECT:
         raise ResolutionError(f"aspect ratio {width}x{height} is beyond 4:1; Infinity's templates go from 1:3 to 3:1",
                               hint="pick a width/height ratio between 1:3 and 3:1 (up to 4:1 is snapped to 3:1)")
-    return ScaleSchedule(nearest_template(height / width), budget)
+    template = nearest_template(height / width)
+    return ScaleSchedule(template, nearest_budget(template, width, height) if budget == AUTO_BUDGET else budget)
 
 
 def schedule_from_grids(grids) -> ScaleSchedule:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,6 +31,18 @@ _Q0 = "block.0.layer.0.SelfAttention.q.weight"
 _CORRUPT_HINT = "the file is incomplete or corrupt; re-download it"
 
 
+@contextmanager
+def _quiet(logger_name: str):
+    """Silence one library logger's warnings for a call whose warning does not apply."""
+    target = logging.getLogger(logger_name)
+    level = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
+
+
 def load_t5_tokenizer(tokenizer_dir: str | Path):
     """The T5 tokenizer of a folder, reproducing the reference's `T5TokenizerFast`.
 
@@ -40,7 +53,8 @@ def load_t5_tokenizer(tokenizer_dir: str | Path):
     """
     folder = Path(tokenizer_dir)
     if (folder / "tokenizer.json").is_file():
-        tok = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+        with _quiet("transformers.tokenization_utils_base"):  # "tokenizer class ... is 'T5Tokenizer'": on purpose
+            tok = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
     elif (folder / "spiece.model").is_file():
         tok = AutoTokenizer.from_pretrained(str(folder), legacy=True, local_files_only=True)
     else:
@@ -202,6 +216,10 @@ class T5TextEncoder:
         self.model.to(device)
         return self
 
+    def token_count(self, prompt: str) -> int:
+        """T5 tokens of a prompt before truncation (EOS included)."""
+        return len(self.tokenizer(prompt, verbose=False).input_ids)
+
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """`input_ids` and `attention_mask`, both int64 `[B, 512]`; longer prompts are truncated (EOS kept)."""
         if isinstance(prompts, str):
@@ -211,7 +229,7 @@ class T5TextEncoder:
         enc = self.tokenizer(list(prompts), max_length=self.max_length, padding="max_length", truncation=True,
                              return_tensors="pt")
         for b in (enc.attention_mask.sum(1) == self.max_length).nonzero().flatten().tolist():
-            full = len(self.tokenizer(prompts[b], verbose=False).input_ids)
+            full = self.token_count(prompts[b])
             if full > self.max_length:
                 logger.warning("prompt %d has %d tokens; truncated to %d (%d tokens dropped): %.60r...",
                                b, full, self.max_length, full - self.max_length, prompts[b])

@@ -25,7 +25,7 @@ def schedule_tables() -> dict:
 
 
 def register_routes() -> None:
-    """Only inside a running ComfyUI server (not in tests); also served under /api/infinity/schedules."""
+    """Only inside a running ComfyUI server (not in tests); also served under /api/infinity/...."""
     try:
         from aiohttp import web
         from server import PromptServer
@@ -37,6 +37,10 @@ def register_routes() -> None:
     @routes.get("/infinity/schedules")
     async def infinity_schedules(_request):
         return web.json_response(tables)
+
+    @routes.get("/infinity/model_files")
+    async def infinity_model_files(_request):  # the loaders' status line: present or downloaded on run
+        return web.json_response(comfy_glue.official_status())
 
 
 class InfinityExtension(ComfyExtension):

@@ -17,8 +17,10 @@ import comfy.utils
 import folder_paths
 import torch
 
+from ..infinity_core import downloads, model_files
 from ..infinity_core.errors import CheckpointError, MemoryBudgetError
 from ..infinity_core import devices
+from ..infinity_core.file_kinds import fits_loader
 from ..infinity_core.loading import (build_tokenizer, build_transformer, storage_cast, tokenizer_state_dict,
                                      transformer_state_dict)
 from .types import ModelHandle, TextEncoderHandle, TokenizerHandle
@@ -29,6 +31,8 @@ INFINITY_FOLDER = "infinity"
 TRANSFORMER_FOLDERS = (INFINITY_FOLDER, "diffusion_models")
 TOKENIZER_FOLDERS = (INFINITY_FOLDER, "vae")
 TEXT_ENCODER_FOLDERS = ("text_encoders",)
+LOADER_KINDS = {"transformer": "infinity_transformer", "tokenizer": "bitwise_tokenizer",
+                "text_encoder": "t5_text_encoder"}
 _SHARD = re.compile(r"-(\d+)-of-\d+\.[A-Za-z0-9]+$")
 WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
                  "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
@@ -53,30 +57,96 @@ def _index_files(folder: str) -> list[str]:
     return found
 
 
-def list_files(folders: tuple[str, ...], *, indexes: bool = False, first_shard_only: bool = False) -> list[str]:
-    """Weight files for a loader combo: checkpoint files, `*.index.json` of sharded ones, no lone shards."""
+def _official(folders: tuple[str, ...], kind: str) -> list[model_files.ModelFile]:
+    return [m for m in model_files.of_kind(kind) if m.folder in folders]
+
+
+def list_files(folders: tuple[str, ...], kind: str, *, indexes: bool = False,
+               first_shard_only: bool = False) -> list[str]:
+    """A loader combo: files of the loader's kind (told by name and header: no transformer list offers a
+    tokenizer, T5 or Flux file), `*.index.json` of sharded checkpoints, no lone shards, and the official
+    file names even before they are downloaded (the loader can fetch them)."""
     names = []
     for folder in folders:
+        candidates = []
         for name in folder_paths.get_filename_list(folder):
             shard = _SHARD.search(name)
             if name.endswith(".json"):
                 if indexes and name.endswith(".index.json"):
-                    names.append(name)
+                    candidates.append(name)
             elif shard is None or (first_shard_only and int(shard.group(1)) == 1):
-                names.append(name)
+                candidates.append(name)
         if indexes and folder != INFINITY_FOLDER:
-            names.extend(_index_files(folder))
+            candidates.extend(_index_files(folder))
+        for name in candidates:
+            path = folder_paths.get_full_path(folder, name)
+            if path is not None and fits_loader(path, LOADER_KINDS[kind], folder == INFINITY_FOLDER):
+                names.append(name)
+    names.extend(m.name for m in _official(folders, kind))
     return sorted(dict.fromkeys(names))
 
 
-def resolve(folders: tuple[str, ...], name: str) -> str:
+def find(folders: tuple[str, ...], name: str) -> str | None:
     for folder in folders:
         path = folder_paths.get_full_path(folder, name)
         if path is not None:
             return path
+    return None
+
+
+def download_folder(folder: str) -> Path:
+    """Where a download for a ComfyUI model folder goes: its first path, as ComfyUI's own model downloads."""
+    return Path(folder_paths.get_folder_paths(folder)[0])
+
+
+def official_status() -> list[dict]:
+    """For the loaders' status line: each official file, whether it is present, and what a download costs."""
+    out = []
+    for spec in model_files.OFFICIAL.values():
+        out.append({"name": spec.name, "folder": spec.folder, "kind": spec.kind, "title": spec.title,
+                    "present": find((spec.folder,), spec.name) is not None, "size": model_files.gb(spec.approx_bytes),
+                    "exact_size": spec.size, "source": f"huggingface.co/{spec.repo}", "url": spec.url,
+                    "into": str(download_folder(spec.folder))})
+    return out
+
+
+def _fetch_official(spec: model_files.ModelFile, node_id) -> str:
+    """Download an official file into its ComfyUI folder with a progress bar; Cancel stops it (resumable)."""
+    bar = comfy.utils.ProgressBar(1, node_id=node_id)
+
+    def progress(p) -> None:
+        bar.update_absolute(p.done, max(p.total, p.done, 1))
+        mm.throw_exception_if_processing_interrupted()
+    log.info("Infinity: downloading %s (about %s) from %s into %s", spec.name, model_files.gb(spec.approx_bytes),
+             spec.repo, download_folder(spec.folder))
+    report = downloads.ensure([spec], download_folder, progress)
+    text = (f"downloaded {spec.name}: {model_files.gb(report.fetched)} in {report.seconds:.1f} s "
+            f"({report.mb_per_s:.1f} MB/s) into {download_folder(spec.folder)}")
+    log.info("Infinity: %s", text)
+    return text
+
+
+def resolve(folders: tuple[str, ...], name: str, kind: str, download: bool = False, node_id=None) -> tuple[str, str]:
+    """The file's path, downloading an official file first when `download` is on; plus a message for the UI."""
+    path = find(folders, name)
+    if path is not None:
+        return path, ""
     where = " or ".join(f"models/{f}" for f in folders)
-    raise CheckpointError(f"'{name}' was not found in {where}",
-                          hint=f"put the file into {where} and refresh the node list (press R)")
+    spec = next((m for m in _official(folders, kind) if m.name == name), None)
+    if spec is None:
+        raise CheckpointError(f"'{name}' was not found in {where}",
+                              hint=f"put the file into {where} and refresh the node list (press R)")
+    if not download:
+        raise CheckpointError(f"'{name}' is an official Infinity file that is not in {where} yet",
+                              hint=f"turn on download_missing to fetch it on run (about "
+                                   f"{model_files.gb(spec.approx_bytes)} from huggingface.co/{spec.repo}), or put it "
+                                   f"there yourself:\n{downloads.manual_instructions([spec], download_folder)}")
+    text = _fetch_official(spec, node_id)
+    path = find(folders, name)
+    if path is None:  # downloaded where ComfyUI does not look (a folder list changed meanwhile)
+        raise CheckpointError(f"'{name}' was downloaded into {download_folder(spec.folder)} but is not found there",
+                              hint="press R to refresh the model lists and run again")
+    return path, text
 
 
 # ---- loading into ModelPatcher -----------------------------------------------------------------
@@ -128,8 +198,9 @@ def _unique_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
-class _T5Holder(torch.nn.Module):
-    """Gives the HF module a plain parent: ModelPatcher assigns `.device`, a read-only property on HF models."""
+class T5Encoder(torch.nn.Module):
+    """Gives the HF module a plain parent: ModelPatcher assigns `.device`, a read-only property on HF models.
+    ComfyUI logs this class's name ("Requested to load T5Encoder")."""
 
     def __init__(self, t5: torch.nn.Module):
         super().__init__()
@@ -160,7 +231,7 @@ def load_text_encoder(path: str, dtype_name: str) -> TextEncoderHandle:
     else:
         encoder = T5TextEncoder.from_single_file(file, tokenizer_dir=_tokenizer_dir(file.parent), dtype=dtype,
                                                  device=offload_device)
-    holder = _T5Holder(encoder.model)
+    holder = T5Encoder(encoder.model)
     patcher = comfy.model_patcher.ModelPatcher(holder, load_device, offload_device, size=_unique_bytes(holder))
     return TextEncoderHandle(patcher, encoder, os.path.basename(path))
 
@@ -188,20 +259,40 @@ def intermediate_device() -> torch.device:
     return mm.intermediate_device()
 
 
-# ---- progress and cancel -----------------------------------------------------------------------
-PREVIEW_SIZE = 512
+# ---- progress, previews and cancel --------------------------------------------------------------------
+def preview_settings() -> tuple[bool, int]:
+    """ComfyUI's --preview-method and --preview-size, as core samplers read them: "none" (ComfyUI's default)
+    means no previews at all; any other method shows ours (there is no TAESD for Infinity)."""
+    from comfy.cli_args import args
+    method = getattr(args, "preview_method", None)
+    enabled = method is not None and str(getattr(method, "value", method)) != "none"
+    return enabled, int(getattr(args, "preview_size", None) or 512)
 
 
 def progress_callback(total: int, node_id, preview=None):
-    """A core-sampler callback: progress bar (+ JPEG preview) after every scale, then the cancel check.
-    Raising here ends `sample()`, whose `finally` frees the KV caches."""
+    """A core-sampler callback: progress bar (+ JPEG preview if ComfyUI shows previews) after every scale,
+    then the cancel check. Raising here ends `sample()`, whose `finally` frees the KV caches."""
     bar = comfy.utils.ProgressBar(total, node_id=node_id)
+    enabled, size = preview_settings()
+    preview = preview if enabled else None
 
     def callback(step) -> None:
         image = preview(step) if preview is not None else None
-        bar.update_absolute(step.index + 1, total, ("JPEG", image, PREVIEW_SIZE) if image is not None else None)
+        bar.update_absolute(step.index + 1, total, ("JPEG", image, size) if image is not None else None)
         mm.throw_exception_if_processing_interrupted()
     return callback
+
+
+def step_counter(total: int, node_id):
+    """A progress bar for `total` units of work; calling the result marks one done and checks Cancel."""
+    bar = comfy.utils.ProgressBar(total, node_id=node_id)
+    done = [0]
+
+    def step() -> None:
+        done[0] += 1
+        bar.update_absolute(done[0], total)
+        mm.throw_exception_if_processing_interrupted()
+    return step
 
 
 def throw_if_interrupted() -> None:

@@ -1,7 +1,7 @@
 """Text conditioning: a prompt through T5 into the packed features the transformer reads."""
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..infinity_core.conditioning import MAX_LENGTH
 from . import comfy_glue as glue
@@ -43,4 +43,17 @@ class InfinityTextEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, text_encoder: TextEncoderHandle, text: str) -> io.NodeOutput:
-        return io.NodeOutput(encode_prompt(text_encoder, text))
+        cond = encode_prompt(text_encoder, text)
+        return io.NodeOutput(cond, ui=ui.PreviewText(token_note(text_encoder, text)))
+
+
+def token_note(text_encoder: TextEncoderHandle, text: str) -> str:
+    """What the node shows: the prompt's T5 token count, and what was cut beyond MAX_LENGTH."""
+    if not text.strip():
+        return "empty: as a negative prompt this is the model's learned null text"
+    n = text_encoder.encoder.token_count(text)
+    if n <= MAX_LENGTH:
+        return f"{n} of {MAX_LENGTH} T5 tokens"
+    kept = text_encoder.encoder.tokenizer.decode(text_encoder.encoder.tokenize([text])[0][0], skip_special_tokens=True)
+    return (f"⚠ {n} T5 tokens: only the first {MAX_LENGTH} are used; the text after "
+            f"\"...{kept[-40:]}\" is ignored")

@@ -6,14 +6,14 @@ from comfy_api.latest import io, ui
 
 from ..infinity_core import validation
 from ..infinity_core.errors import CheckpointError, ResolutionError
-from ..infinity_core.images import decode_tiled, from_rgb01, to_rgb01
+from ..infinity_core.images import decode_tiled, from_rgb01, tile_boxes, to_rgb01
 from ..infinity_core.memory import decode_bytes, encode_bytes
 from ..infinity_core.quantizer import summed_codes
 from ..infinity_core.schedules import MAX_SIDE
 from . import comfy_glue as glue
 from .inpaint import encode_mask, masks_for_batch
-from .types import (BUDGETS, InfinityVAE, TokenizerHandle, about, latent_samples, pack_latent, read_mask,
-                    schedule_for_widgets)
+from .types import (BUDGETS, InfinityVAE, TokenizerHandle, about, describe_budget, latent_samples, pack_latent,
+                    read_mask, schedule_for_widgets)
 
 MIN_TILE = 8  # decode_tiled blends 4-cell overlaps
 
@@ -31,8 +31,9 @@ def _in_chunks(vae: TokenizerHandle, batch: int, per_image: int, what: str, hint
     return results
 
 
-def decode_latent(vae: TokenizerHandle, latent: dict, tile_size: int) -> torch.Tensor:
-    """`[B, H, W, 3]` in 0..1 on the intermediate device; batches are split to what fits in free memory."""
+def decode_latent(vae: TokenizerHandle, latent: dict, tile_size: int, node_id=None) -> torch.Tensor:
+    """`[B, H, W, 3]` in 0..1 on the intermediate device, one image at a time (tiles one at a time when tiled):
+    the progress bar moves per image / tile and Cancel is honoured between them."""
     samples, _ = latent_samples(latent, "samples", vae.config.codebook_dim, vae.patchify, vae.name)
     if 0 < tile_size < MIN_TILE:
         raise ResolutionError(f"tile_size: {tile_size} latent cells is too small for overlapping tiles",
@@ -40,12 +41,18 @@ def decode_latent(vae: TokenizerHandle, latent: dict, tile_size: int) -> torch.T
     B, _, H, W = samples.shape
     f, tile = vae.config.patch_size, tile_size if 0 < tile_size < max(H, W) else 0
     decoder = vae.patcher.model
-
-    def run(start, stop):
-        z = samples[start:stop].to(vae.patcher.load_device, vae.dtype)
-        return to_rgb01(decode_tiled(decoder, z, tile) if tile else decoder.decode(z)).to(glue.intermediate_device())
-    return torch.cat(_in_chunks(vae, B, decode_bytes(vae.config, ((tile or H) * f, (tile or W) * f), 1, vae.dtype),
-                                f"decoding a {W * f}x{H * f} image", "set tile_size (e.g. 32) to decode in tiles", run))
+    glue.load_models([vae.patcher], decode_bytes(vae.config, ((tile or H) * f, (tile or W) * f), 1, vae.dtype),
+                     f"decoding a {W * f}x{H * f} image", hint="set tile_size (e.g. 32) to decode in tiles")
+    step = glue.step_counter(B * (len(tile_boxes(H, W, tile)) if tile else 1), node_id)
+    images = []
+    for i in range(B):
+        z = samples[i:i + 1].to(vae.patcher.load_device, vae.dtype)
+        with torch.no_grad():
+            decoded = decode_tiled(decoder, z, tile, on_tile=step) if tile else decoder.decode(z)
+        images.append(to_rgb01(decoded).to(glue.intermediate_device()))
+        if not tile:
+            step()
+    return torch.cat(images)
 
 
 def _target_size(image_hw: tuple[int, int], width: int, height: int) -> tuple[int, int, str]:
@@ -99,11 +106,13 @@ class InfinityDecode(io.ComfyNode):
                                      "tokenizer) to save memory; 0 = whole image (exact). Tiles may show faint seams."),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The decoded images.")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, samples: dict, vae: TokenizerHandle, tile_size: int = 0) -> io.NodeOutput:
-        return io.NodeOutput(decode_latent(vae, samples, tile_size))
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        return io.NodeOutput(decode_latent(vae, samples, tile_size, node_id))
 
 
 class InfinityEncode(io.ComfyNode):
@@ -125,8 +134,9 @@ class InfinityEncode(io.ComfyNode):
                                      "only one of them is an error."),
                 io.Int.Input("height", default=0, min=0, max=MAX_SIDE, step=16,
                              tooltip="Target height; see width."),
-                io.Combo.Input("budget", options=BUDGETS, default="1M",
-                               tooltip="Pixel budget of the latent (1M is about 1024x1024); the sampler uses it."),
+                io.Combo.Input("budget", options=BUDGETS, default="auto",
+                               tooltip="Pixel budget of the latent (1M is about 1024x1024); auto = the one nearest to "
+                                       "the target size (width x height, or the image's own). The sampler uses it."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional: what to regenerate (1 = regenerate, e.g. Load Image's alpha or Pad "
                                       "Image for Outpainting's mask); stored as the latent's noise_mask, fitted with "
@@ -137,12 +147,13 @@ class InfinityEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, image: torch.Tensor, vae: TokenizerHandle, width: int = 0, height: int = 0,
-                budget: str = "1M", mask=None) -> io.NodeOutput:
+                budget: str = "auto", mask=None) -> io.NodeOutput:
         if mask is not None:  # checked before the work
             mask = masks_for_batch(read_mask(mask, "mask"), image.shape[0] if image.ndim == 4 else 1, "mask")
         latent, schedule = encode_image(vae, image, width, height, budget)
         h, w = schedule.image_hw
-        text = f"{w}x{h} px (h/w template {schedule.template}, budget {schedule.budget}, {schedule.num_scales} scales)"
+        text = (f"{w}x{h} px (h/w template {schedule.template}, {describe_budget(budget, schedule)}, "
+                f"{schedule.num_scales} scales)")
         if mask is not None:
             latent["noise_mask"], note = encode_mask(mask, tuple(image.shape[1:3]), schedule)
             text += note

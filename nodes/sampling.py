@@ -11,10 +11,13 @@ from comfy_api.latest import io, ui
 from PIL import Image
 
 from ..infinity_core import validation
+from ..infinity_core.config import VAE_PRESETS, VAEConfig
 from ..infinity_core.devices import attention_plan_for
-from ..infinity_core.errors import IncompatibleModelsError, PromptError, SamplingError
+from ..infinity_core.errors import InfinityError, IncompatibleModelsError, PromptError, SamplingError
+from ..infinity_core.file_kinds import peek_tokenizer_config
 from ..infinity_core.images import preview_rgb, to_rgb01
 from ..infinity_core.loading import pair
+from ..infinity_core.model_files import by_name
 from ..infinity_core.memory import decode_bytes, sampling_bytes
 from ..infinity_core.quantizer import token_bits_to_vae
 from ..infinity_core.resize import area_2d
@@ -23,7 +26,7 @@ from ..infinity_core.schedules import MAX_SIDE, MIN_SIDE
 from . import comfy_glue as glue
 from .inpaint import carry_extras, seed_indices, teacher_for
 from .types import (BUDGETS, Conditioning, InfinityConditioning, InfinityModel, InfinityVAE, LatentView, ModelHandle,
-                    TokenizerHandle, about, pack_latent, read_latent, schedule_for_widgets)
+                    TokenizerHandle, about, describe_budget, pack_latent, read_latent, schedule_for_widgets)
 
 TOP_P = 0.97  # the reference's gen_one_img default (its top_k=900 keeps both values of a bit: off)
 PROMPT_HINT = "type what the picture should show into the Infinity Text Encode node, e.g. 'a red fox in the snow'"
@@ -66,13 +69,19 @@ def _schedule(model: ModelHandle, width: int, height: int, budget: str, latent) 
 
 
 def _teacher_scales(n: int, view: LatentView | None, denoise: float, regenerate_from_scale: int) -> int:
-    """How many leading scales come from the image: regenerate_from_scale, else round((1 - denoise) * n)."""
-    widget = "regenerate_from_scale" if regenerate_from_scale >= 0 else "denoise"
+    """How many leading scales come from the image: round((1 - denoise) * n), or regenerate_from_scale exactly
+    (Advanced). Both set is refused: neither may silently override the other."""
     if regenerate_from_scale > n:
         raise SamplingError(f"regenerate_from_scale: {regenerate_from_scale}, but the schedule has {n} scales",
                             hint=f"use 0..{n}, or -1 to follow denoise")
     if not 0.0 <= denoise <= 1.0:
         raise SamplingError(f"denoise: {denoise} is outside 0..1", hint="1.0 generates from scratch")
+    if regenerate_from_scale >= 0 and denoise != 1.0:
+        raise SamplingError(f"denoise {denoise} and regenerate_from_scale {regenerate_from_scale} both choose how "
+                            "many scales to keep from the image",
+                            hint="use one: set denoise to 1.0 (then regenerate_from_scale decides), or "
+                                 "regenerate_from_scale to -1 (then denoise decides)")
+    widget = "regenerate_from_scale" if regenerate_from_scale >= 0 else "denoise"
     k = regenerate_from_scale if regenerate_from_scale >= 0 else round((1.0 - denoise) * n)
     if k > 0 and view is None:
         raise SamplingError(f"{widget}: keeping {k} scale(s) of an image needs a latent_image",
@@ -108,30 +117,71 @@ def _texts(model: ModelHandle, positive: Conditioning, negative: Conditioning | 
     return _text(model, positive, batch, "positive"), uncond
 
 
-def _check_vae(model: ModelHandle, vae: TokenizerHandle | None) -> None:
-    if vae is None:
-        return
-    with about("vae"):
-        layout = pair(model.config, vae.config, transformer_name=model.name, tokenizer_name=vae.name)
+def _check_pair(model: ModelHandle, config: VAEConfig, name: str, widget: str, where: str = "") -> None:
+    """The tokenizer fits the model: bits per cell and spatial patchify."""
+    with about(widget):
+        layout = pair(model.config, config, transformer_name=model.name, tokenizer_name=f"{where}{name}")
     if layout.patchify != model.patchify:
-        raise IncompatibleModelsError(f"vae: {vae.name} pairs {'with' if layout.patchify else 'without'} spatial "
-                                      f"patchify, but the model was loaded with it {'on' if model.patchify else 'off'}",
+        raise IncompatibleModelsError(f"{widget}: {where}{name} pairs {'with' if layout.patchify else 'without'} "
+                                      f"spatial patchify, but the model was loaded with it "
+                                      f"{'on' if model.patchify else 'off'}",
                                       hint="set spatial_patchify to auto in the Infinity Transformer Loader")
 
 
+def _check_vae(model: ModelHandle, vae: TokenizerHandle | None) -> None:
+    if vae is not None:
+        _check_pair(model, vae.config, vae.name, "vae")
+
+
+def _decode_tokenizer(prompt, node_id) -> str | None:
+    """The file of the tokenizer loader feeding an Infinity Decode of this sampler's output (direct links in the
+    queued graph), or None."""
+    if not isinstance(prompt, dict) or node_id is None:
+        return None
+    for node in prompt.values():
+        inputs = node.get("inputs", {}) if isinstance(node, dict) else {}
+        samples, vae = inputs.get("samples"), inputs.get("vae")
+        if node.get("class_type") != "InfinityDecode" or not isinstance(samples, list) or not isinstance(vae, list):
+            continue
+        loader = prompt.get(str(vae[0]), {})
+        if str(samples[0]) == str(node_id) and loader.get("class_type") == "InfinityBitwiseTokenizerLoader":
+            return loader.get("inputs", {}).get("vae_name")
+    return None
+
+
+def _check_downstream_tokenizer(model: ModelHandle, prompt, node_id) -> None:
+    """Before sampling: the tokenizer that will decode this latent must fit the model (else the mismatch would
+    show only at Decode, after the whole run). Files not readable here are left to their loader."""
+    name = _decode_tokenizer(prompt, node_id)
+    if not isinstance(name, str):
+        return
+    path = glue.find(glue.TOKENIZER_FOLDERS, name)
+    official = by_name("infinity", name)
+    try:
+        preset = VAE_PRESETS[official.pairs_with["preset"]] if official else None
+        config = peek_tokenizer_config(path) if path else preset
+    except InfinityError:
+        return
+    if config is not None:
+        _check_pair(model, config, name, "model", where="the Infinity Decode of this latent uses ")
+
+
 # ---- running -------------------------------------------------------------------------------------
-def _preview_grid(hw: tuple[int, int], stride: int) -> tuple[int, int]:
-    scale = min(1.0, glue.PREVIEW_SIZE / (max(hw) * stride))
+def _preview_grid(hw: tuple[int, int], stride: int, size: int) -> tuple[int, int]:
+    scale = min(1.0, size / (max(hw) * stride))
     return max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale))
 
 
 def _previewer(grids, vae: TokenizerHandle | None):
-    """First image of the batch after each scale: decoded at the scale's own grid if a VAE is given."""
+    """First image of the batch after each scale (ComfyUI's --preview-size at most): decoded at the scale's own
+    grid if a VAE is given (opt-in: exact, costs a decode), else a cheap colour projection."""
+    _, size = glue.preview_settings()
+
     def preview(step) -> Image.Image:
         if vae is None:
-            rgb = preview_rgb(step.summed_codes_Bd1HW[:1], glue.PREVIEW_SIZE)[0]
+            rgb = preview_rgb(step.summed_codes_Bd1HW[:1], size)[0]
         else:
-            grid = _preview_grid(grids[step.index], vae.config.patch_size)
+            grid = _preview_grid(grids[step.index], vae.config.patch_size, size)
             z = area_2d(step.summed_codes_Bd1HW[:1, :, 0].float(), grid)
             rgb = to_rgb01(vae.patcher.model.decode(z.to(vae.patcher.load_device, vae.dtype)))[0]
         return Image.fromarray(rgb.mul(255).round().to(torch.uint8).cpu().numpy())
@@ -144,8 +194,10 @@ def _run(model: ModelHandle, schedule, texts, settings: SamplerSettings, seed: i
     attention = attention_plan_for(model.patcher.load_device, model.compute_dtype)
     need = sampling_bytes(model.config, schedule, batch, any(c != 1 for c in cfg_values), model.compute_dtype,
                           attention=attention)
-    if vae is not None:  # previews decode at most PREVIEW_SIZE px
-        need += decode_bytes(vae.config, (glue.PREVIEW_SIZE, glue.PREVIEW_SIZE), 1, vae.dtype)
+    previews, size = glue.preview_settings()
+    vae = vae if previews else None  # no previews: no decoder to load
+    if vae is not None:  # previews decode at most --preview-size px
+        need += decode_bytes(vae.config, (size, size), 1, vae.dtype)
     h, w = schedule.image_hw
     glue.load_models([model.patcher] + ([vae.patcher] if vae else []), need, f"sampling {batch} image(s) of {w}x{h}",
                      hint="lower batch_size or the pixel budget")
@@ -157,10 +209,11 @@ def _run(model: ModelHandle, schedule, texts, settings: SamplerSettings, seed: i
                   device=model.patcher.load_device, compute_dtype=model.compute_dtype, callback=callback)
 
 
-def _describe(schedule, requested: tuple[int, int] | None, k: int, scales: int) -> str:
+def _describe(schedule, requested: tuple[int, int] | None, budget: str, k: int, scales: int) -> str:
     h, w = schedule.image_hw
-    text = f"{w}x{h} px (h/w template {schedule.template}, budget {schedule.budget}, {scales} scales"
-    text += f"; {k} from the image)" if k else ")"
+    text = f"{w}x{h} px (h/w template {schedule.template}, {describe_budget(budget, schedule)}, {scales} scales)"
+    if k:
+        text += f"; {k} of {schedule.num_scales} scales from the image"
     if requested and requested != (w, h):
         text += f"; asked for {requested[0]}x{requested[1]}, snapped to the nearest template"
     return text
@@ -180,9 +233,10 @@ class InfinitySampler(io.ComfyNode):
                                  "(the real size is shown on the node). Ignored when latent_image is connected."),
             io.Int.Input("height", default=1024, min=MIN_SIDE, max=MAX_SIDE, step=16,
                          tooltip="Wanted height; see width."),
-            io.Combo.Input("budget", options=BUDGETS, default="1M",
-                           tooltip="Pixel budget: 1M is about 1024x1024 (13 scales), 0.06M about 256x256 (7 scales). "
-                                   "Ignored when latent_image is connected."),
+            io.Combo.Input("budget", options=BUDGETS, default="auto",
+                           tooltip="Pixel budget: auto = the one nearest to width x height (shown on the node); 1M is "
+                                   "about 1024x1024 (13 scales), 0.06M about 256x256 (7 scales). Ignored when "
+                                   "latent_image is connected."),
             io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                          tooltip="Random seed; image i of a batch uses seed + i, so it equals a single run."),
             io.Int.Input("batch_size", default=1, min=1, max=64,
@@ -198,7 +252,8 @@ class InfinitySampler(io.ComfyNode):
             io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                            tooltip="With latent_image: 1.0 = text-to-image (with a mask: regenerate the masked part "
                                    "from the first scale); lower keeps round((1-denoise) x scales) coarse scales of "
-                                   "the image whole and generates the rest (only inside the mask, if there is one)."),
+                                   "the image whole and generates the rest (only inside the mask, if there is one; "
+                                   "the node shows how many)."),
         ]
 
     @classmethod
@@ -211,7 +266,7 @@ class InfinitySampler(io.ComfyNode):
                         "coarse to fine). Connect Infinity Decode to see it.",
             inputs=cls.sampler_inputs(),
             outputs=[io.Latent.Output(display_name="latent", tooltip="Summed codes plus the bits of every scale.")],
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
 
     @classmethod
@@ -230,13 +285,15 @@ class InfinitySampler(io.ComfyNode):
         teacher, mask_text = teacher_for(view, k, batch, model.patchify)
         indices = seed_indices(view, batch)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        _check_downstream_tokenizer(model, cls.hidden.prompt if cls.hidden is not None else None, node_id)
         result = _run(model, schedule, texts, settings, seed, batch, teacher, indices, stop_after_scale, vae, node_id)
         bits = [token_bits_to_vae(b, schedule.grids[si], model.patchify) for si, b in enumerate(result.bits)]
         latent = pack_latent(result.summed_codes, bits, schedule, model.patchify, glue.intermediate_device())
         latent = carry_extras(latent_image, latent, indices)
         requested = None if view is not None else (width, height)
         seeds = f"; seeds: seed + batch_index {indices}" if indices is not None else ""
-        text = _describe(schedule, requested, k, len(bits)) + mask_text + seeds
+        text = _describe(schedule, requested, budget if view is None else schedule.budget, k, len(bits))
+        text += mask_text + seeds
         return io.NodeOutput(latent, ui=ui.PreviewText(text))
 
 
@@ -262,12 +319,14 @@ class InfinitySamplerAdvanced(InfinitySampler):
                            tooltip="Per-bit nucleus: drop the less likely value when its probability is <= 1 - top_p; "
                                    "0 = off."),
             io.Int.Input("regenerate_from_scale", default=-1, min=-1, max=16,
-                         tooltip="Keep the first N scales of latent_image and generate from scale N on; -1 = follow "
-                                 "denoise. N = number of scales reproduces the image."),
+                         tooltip="Exact alternative to denoise: keep the first N scales of latent_image and generate "
+                                 "from scale N on (N = all scales reproduces the image). -1 = use denoise; setting "
+                                 "both is refused."),
             io.Int.Input("stop_after_scale", default=0, min=0, max=16,
                          tooltip="Stop after this many scales (a coarse result); 0 = run all scales."),
             InfinityVAE.Input("vae", optional=True,
                               tooltip="Optional bitwise tokenizer: previews are decoded with it instead of a cheap "
-                                      "colour projection."),
+                                      "colour projection (when ComfyUI shows previews: --preview-method other than "
+                                      "none); it is also checked against the model before sampling."),
         ]
         return schema

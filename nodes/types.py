@@ -24,8 +24,8 @@ from ..infinity_core.conditioning import TextEmbedding
 from ..infinity_core.config import InfinityConfig, VAEConfig
 from ..infinity_core.errors import IncompatibleModelsError, InfinityError, ResolutionError
 from ..infinity_core.quantizer import quantize_multiscale, summed_codes
-from ..infinity_core.schedules import (PIXEL_BUDGETS, TEMPLATES, ScaleSchedule, schedule_for_final_grid,
-                                       schedule_for_size)
+from ..infinity_core.schedules import (AUTO_BUDGET, PIXEL_BUDGETS, TEMPLATES, ScaleSchedule, nearest_budget,
+                                       schedule_for_final_grid, schedule_for_size)
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ InfinityTextEncoder = io.Custom("INFINITY_TEXT_ENCODER")
 InfinityConditioning = io.Custom("INFINITY_CONDITIONING")
 
 LATENT_KEY = "infinity"
-BUDGETS = list(PIXEL_BUDGETS)
+BUDGETS = [AUTO_BUDGET, *PIXEL_BUDGETS]
 FOREIGN_LATENT_HINT = ("this LATENT was not made for Infinity (e.g. an SD/Flux latent); make one with "
                        "Infinity Encode or Infinity Sampler")
 
@@ -101,11 +101,16 @@ def about(widget: str):
 
 
 def schedule_for_widgets(width: int, height: int, budget: str, size_widget: str = "width/height") -> ScaleSchedule:
-    """width/height snapped to a template (errors name `size_widget`) at the pixel budget (errors name `budget`)."""
+    """width/height snapped to a template (errors name `size_widget`) at the pixel budget (errors name `budget`);
+    budget "auto" is the one whose pixel count is nearest to width x height."""
     with about(size_widget):
         template = schedule_for_size(width, height).template
     with about("budget"):
-        return ScaleSchedule(template, budget)
+        return ScaleSchedule(template, nearest_budget(template, width, height) if budget == AUTO_BUDGET else budget)
+
+
+def describe_budget(budget: str, schedule: ScaleSchedule) -> str:
+    return f"budget auto → {schedule.budget}" if budget == AUTO_BUDGET else f"budget {schedule.budget}"
 
 
 # ---- LATENT ------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest_plugins = ["pack_harness"]  # the fake-ComfyUI fixtures (env, models, ...) of the node and workflow tests
+# the fake-ComfyUI fixtures (env, models, ...) of the node and workflow tests; the stand-in hub (fake_hub, online)
+pytest_plugins = ["pack_harness", "hub_harness"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -118,7 +118,7 @@ def env(tmp_path_factory):
         classes = asyncio.run(extension.get_node_list())
         _d32_tokenizer(pack, base / "models" / "vae" / "vae_d32.safetensors")
         yield SimpleNamespace(base=base, pack=pack, classes=classes, mm=modules["comfy.model_management"],
-                              utils=modules["comfy.utils"], fp=fp,
+                              utils=modules["comfy.utils"], fp=fp, cli_args=modules["comfy.cli_args"],
                               nodes={c.GET_SCHEMA().node_id: c for c in classes},
                               core=lambda name: importlib.import_module(f"{PACK}.infinity_core.{name}"))
     _drop_modules(PACK)
@@ -134,12 +134,15 @@ def _fresh_fake_state(request):
         env.mm.LOAD_CALLS.clear()
         env.utils.UPDATES.clear()
         env.utils.set_progress_bar_global_hook(None)
+        env.cli_args.args.preview_method = env.cli_args.LatentPreviewMethod.Auto  # as `--preview-method auto`
+        env.cli_args.args.preview_size = 512
     yield
 
 
-def run(env, node_id: str, **inputs):
-    """Execute a node as ComfyUI does: on a class clone carrying the hidden inputs, in inference mode."""
-    cls = env.nodes[node_id].PREPARE_CLASS_CLONE({"UNIQUE_ID": "42"})
+def run(env, node_id: str, prompt: dict | None = None, **inputs):
+    """Execute a node as ComfyUI does: on a class clone carrying the hidden inputs (its id "42" and the queued
+    API prompt, if given), in inference mode."""
+    cls = env.nodes[node_id].PREPARE_CLASS_CLONE({"UNIQUE_ID": "42", "PROMPT": prompt})
     with torch.inference_mode():
         return cls.execute(**inputs)
 

@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -88,26 +89,35 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 # ---- the server ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def comfy():
+@contextmanager
+def comfyui_server(populate: bool, env_extra: dict):
+    """A ComfyUI server on 127.0.0.1 from a temporary --base-directory holding the pack (a symlink to this repo),
+    user settings, an input image and, with `populate`, tiny stand-ins for every model file the templates name."""
     root = Path(tempfile.mkdtemp(prefix="infinity_comfyui_"))
     base, cwd = root / "base", root / "cwd"
     proc = None
     try:
-        for sub in ("custom_nodes", "input", "output", "temp", "user/default"):
+        for sub in ("custom_nodes", "input", "output", "temp", "user/default", "models/infinity",
+                    "models/text_encoders"):
             (base / sub).mkdir(parents=True)
         cwd.mkdir()
         (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
         (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(
             {"Comfy.TutorialCompleted": True, "Comfy.Canvas.NavigationMode": "custom"}))
-        tiny_models.populate(base, MODEL_A, TOKENIZER_DIR)
+        if populate:
+            tiny_models.populate(base, MODEL_A, TOKENIZER_DIR)
+        else:
+            tiny_models.input_image(base / "input" / "example.png")
+            tiny_models.masked_input_image(base / "input" / "example_masked.png")
         port = free_port()
         log_path = root / "server.log"
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **env_extra)
+        for key in [k for k, v in env_extra.items() if v is None]:
+            env.pop(key, None)
         env.pop("PYTHONPATH", None)
         cmd = [PYTHON, str(COMFYUI / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                "--base-directory", str(base), "--disable-auto-launch", "--disable-api-nodes",
-               "--database-url", "sqlite:///:memory:"]
+               "--database-url", "sqlite:///:memory:", "--preview-method", "auto"]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}"
@@ -129,6 +139,33 @@ def comfy():
         if proc is not None:
             stop(proc)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def comfy():
+    """Every model file in place; no network (HF_HUB_OFFLINE)."""
+    with comfyui_server(True, {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def hub_stand_in(tmp_path_factory):
+    """The stand-in hub (tests/hub_server.py) serving the tiny official files: the internet for comfy_bare."""
+    import hub_models
+    from hub_server import FakeHub
+    server = FakeHub().start()
+    hub_models.populate(server, tmp_path_factory.mktemp("hub_src"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def comfy_bare(hub_stand_in):
+    """No model files at all; HF_ENDPOINT points at the stand-in hub, so the loaders' downloads reach it."""
+    with comfyui_server(False, {"HF_ENDPOINT": hub_stand_in.endpoint, "HF_HUB_OFFLINE": None,
+                                "TRANSFORMERS_OFFLINE": None, "HF_TOKEN": None}) as server:
+        server.hub = hub_stand_in
+        yield server
 
 
 def run_prompt(comfy, prompt: dict, extra_data: dict | None = None) -> dict:
@@ -290,6 +327,28 @@ def test_workflow_runs(comfy, path):
     check_outputs(comfy, prompt, entry)
 
 
+def test_a_mismatched_tokenizer_is_refused_before_sampling(comfy):
+    """The 2B template with Infinity-8B's tokenizer in its loader: the sampler refuses (hidden PROMPT: it sees the
+    Decode's tokenizer) instead of sampling first and failing at Decode."""
+    workflow = json.loads((REPO / "workflows" / "infinity_2b_text_to_image.json").read_text())
+    prompt = make_fast(convert(workflow, comfy.object_info))
+    loader = next(k for k, n in prompt.items() if n["class_type"] == "InfinityBitwiseTokenizerLoader")
+    prompt[loader]["inputs"]["vae_name"] = "infinity_vae_d56_f8_14_patchify.pth"
+    status, response = http(comfy.url + "/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+    assert status == 200, response
+    deadline = time.time() + RUN_TIMEOUT
+    while time.time() < deadline:
+        _, history = http(f"{comfy.url}/history/{response['prompt_id']}")
+        entry = (history or {}).get(response["prompt_id"])
+        if entry and entry.get("status", {}).get("status_str") in ("success", "error"):
+            break
+        time.sleep(0.5)
+    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert entry["status"]["status_str"] == "error" and errors[0]["node_type"] == "InfinitySampler", errors
+    assert "the Infinity Decode of this latent uses infinity_vae_d56_f8_14_patchify.pth" in \
+        errors[0]["exception_message"]
+
+
 def test_inpainting_respects_the_mask(comfy):
     """The inpaint template with the transparent hole of example_masked.png: Set Latent Noise Mask is
     respected (the sampled latent is the encoded one, cell for cell, wherever the mask paints nothing; it
@@ -391,6 +450,8 @@ def test_templates_in_the_real_frontend(comfy, tmp_path):
         assert item["status"] == 200 and item["thumbnail"] == 200, item["name"]
         assert all(n["known"] and not n["has_errors"] for n in item["nodes"]), item["nodes"]
         assert not item["dialogs"], item["dialogs"]  # e.g. "Missing Models" although every file is there
+        status = item["model_status"]
+        assert status and all(m["text"].startswith("✓") for m in status), status
         assert not item["toasts"], item["toasts"]  # e.g. "Invalid workflow against zod schema"
         boxes = [(g["pos"][0], g["pos"][1] - 30, g["pos"][0] + g["size"][0], g["pos"][1] + g["size"][1])
                  for g in item["geometry"]]  # as the frontend laid them out (nodes grow to fit their widgets)
@@ -418,6 +479,64 @@ def test_templates_in_the_real_frontend(comfy, tmp_path):
             assert case["text"].startswith("⚠"), case
             continue
         assert case["text"] == preview_text(s), case
+
+
+# ---- the first run: no model files, the stand-in hub as the internet ---------------------------------------
+def _browser(comfy, tmp_path, *flags) -> dict:
+    report_path = tmp_path / "browser.json"
+    cmd = ["node", str(E2E / "browser_check.mjs"), "--url", comfy.url, "--module", PACK_DIR_NAME, "--out",
+           str(report_path), *flags]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert report_path.is_file(), result.stdout + result.stderr
+    return json.loads(report_path.read_text())
+
+
+def test_object_info_offers_the_official_files_before_they_exist(comfy_bare):
+    info = comfy_bare.object_info
+    assert "infinity_2b_reg.pth" in info["InfinityTransformerLoader"]["input"]["required"]["model_name"][1]["options"]
+    assert "download_missing" in info["InfinityTransformerLoader"]["input"]["optional"]
+    status, files = http(comfy_bare.url + "/infinity/model_files")
+    assert status == 200 and files and not any(f["present"] for f in files)
+
+
+@pytest.mark.skipif(_browser_requirements() is not None, reason=str(_browser_requirements()))
+def test_templates_open_without_a_failing_dialog_when_no_model_is_there(comfy_bare, tmp_path):
+    """Loading each template with no model files: no Missing Models entry whose button the frontend disables
+    (the Infinity files are fetched by the loaders, whose status line says so with the size)."""
+    report = _browser(comfy_bare, tmp_path, "--dialogs-allowed")
+    assert report["ok"] and not report["page_errors"], json.dumps({k: report.get(k) for k in ("error", "page_errors")})
+    assert sorted(w["name"] for w in report["workflows"]) == sorted(p.stem for p in WORKFLOWS)
+    for item in report["workflows"]:
+        assert not item["dialog_errors"], (item["name"], item["dialog_errors"])
+        assert all("Infinity" not in d and ".pth" not in d for d in item["dialogs"]), item["dialogs"]
+        status = {m["type"]: m["text"] for m in item["model_status"]}
+        assert len(status) == 3 and all(t.startswith("⬇ downloads on run: about ") for t in status.values()), status
+    upscale = next(w for w in report["workflows"] if w["name"] == "infinity_batch_upscale")
+    assert any("RealESRGAN_x4plus.safetensors" in d for d in upscale["dialogs"])  # not ours: the dialog offers it
+
+
+def test_a_template_runs_from_no_model_files_to_a_picture(comfy_bare):
+    """The 2B and 8B templates as shipped (budget shrunk): the loaders download from the stand-in hub."""
+    hub = comfy_bare.hub
+    for name in ("infinity_2b_text_to_image", "infinity_8b_text_to_image"):
+        workflow = json.loads((REPO / "workflows" / f"{name}.json").read_text())
+        prompt = make_fast(convert(workflow, comfy_bare.object_info))
+        t0 = time.time()
+        entry = run_prompt(comfy_bare, prompt, {"extra_pnginfo": {"workflow": workflow}})
+        check_outputs(comfy_bare, prompt, entry)
+        loaders = [k for k, n in prompt.items() if n["class_type"] in ("InfinityTransformerLoader",
+                                                                      "InfinityBitwiseTokenizerLoader")]
+        texts = [entry["outputs"][k]["text"][0] for k in loaders if k in entry.get("outputs", {})]
+        assert len(texts) == 2 and all(t.startswith("downloaded ") for t in texts), texts
+        print(f"{name}: from no files to a picture in {time.time() - t0:.1f} s; {'; '.join(texts)}")  # noqa: T201
+    models = comfy_bare.base / "models"
+    assert (models / "infinity" / "infinity_2b_reg.pth").is_file()
+    assert (models / "infinity" / "infinity_8b_weights" / "model.safetensors.index.json").is_file()
+    assert (models / "text_encoders" / "flan-t5-xl-encoder" / "flan_t5_xl_encoder_fp16.safetensors").is_file()
+    assert not list(models.rglob("*.part"))
+    assert not any(r.auth for r in hub.requests if r.server == "cdn")
+    _, files = http(comfy_bare.url + "/infinity/model_files")
+    assert {f["name"] for f in files if f["present"]} >= {"infinity_2b_reg.pth", "infinity_vae_d32reg.pth"}
 
 
 def _same_prompt(a: dict, b: dict) -> bool:

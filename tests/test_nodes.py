@@ -57,17 +57,24 @@ def test_folders_registered_without_dropping_user_paths(env):
 
 
 def test_loader_file_lists(env):
+    """Each loader lists the files of its own kind (told by name and safetensors header) and the official names."""
     def options(node_id):
-        return env.nodes[node_id].GET_SCHEMA().inputs[0].options
+        return set(env.nodes[node_id].GET_SCHEMA().inputs[0].options)
     transformers = options("InfinityTransformerLoader")
     assert {"infinity_tiny_a.safetensors", "infinity_tiny_a.pth", "tiny_sharded/model.safetensors.index.json",
-            "sd_unet.safetensors"} <= set(transformers)
+            "infinity_2b_reg.pth", "infinity_8b_weights/model.safetensors.index.json",
+            "infinity_8b_512x512_weights/model.safetensors.index.json"} <= transformers
+    assert not transformers & {"sd_unet.safetensors", "vae_tiny_a.safetensors", "infinity_vae_d32reg.pth"}
     assert not any("-of-" in name for name in transformers)
     tokenizers = options("InfinityBitwiseTokenizerLoader")
-    assert "vae_tiny_a.safetensors" in tokenizers and "vae_d32.safetensors" in tokenizers
+    assert {"vae_tiny_a.safetensors", "vae_d32.safetensors", "infinity_vae_d32reg.pth",
+            "infinity_vae_d56_f8_14_patchify.pth"} <= tokenizers
+    assert not tokenizers & {"infinity_tiny_a.safetensors", "infinity_2b_reg.pth"}
     assert not any(name.endswith(".json") or "-of-" in name for name in tokenizers)
-    encoders = set(options("InfinityTextEncoderLoader"))
-    assert {"flan-t5-tiny/model.safetensors", "t5_tiny_encoder.safetensors"} <= encoders
+    encoders = options("InfinityTextEncoderLoader")
+    assert {"flan-t5-tiny/model.safetensors", "t5_tiny_encoder.safetensors",
+            "flan-t5-xl-encoder/flan_t5_xl_encoder_fp16.safetensors"} <= encoders
+    assert "not_t5.safetensors" not in encoders
 
 
 # ---- loaders -------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def test_denoise_keeps_leading_scales_whole_then_the_mask(env, models, encoded):
     out = sampler(env, models, latent_image=set_latent_noise_mask(encoded, mask), denoise=0.5, seed=2)
     kept_and_drawn_match(env, first(out), encoded, mask, keep_scales=4)  # round(0.5 * 7) = 4
     text = out.ui.as_dict()["text"][0]
-    assert "4 from the image" in text and "from scale 5 on" in text
+    assert "4 of 7 scales from the image" in text and "from scale 5 on" in text
     advanced = first(sampler(env, models, node="InfinitySamplerAdvanced", latent_image=set_latent_noise_mask(
         encoded, mask), regenerate_from_scale=4, seed=2))
     assert torch.equal(advanced["samples"], first(out)["samples"])

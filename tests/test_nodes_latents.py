@@ -79,7 +79,7 @@ def test_denoise_keeps_the_coarse_scales(env, models, encoded):
     bits, ref = first(out)["infinity"]["bits"], encoded["infinity"]["bits"]
     assert all(torch.equal(bits[si], ref[si]) for si in range(4))
     assert not all(torch.equal(bits[si], ref[si]) for si in range(4, SCALES))
-    assert "4 from the image" in out.ui.as_dict()["text"][0]
+    assert "4 of 7 scales from the image" in out.ui.as_dict()["text"][0]
 
 
 def test_bits_survive_core_latent_nodes(env, models, encoded):

@@ -115,11 +115,12 @@ def test_impossible_sampler_settings_are_refused_with_a_hint(tiny_transformer, t
     assert "HINT" in str(err.value)
 
 
-def test_cli_generate_without_files_names_every_missing_file(capsys):
-    assert cli.main(["generate", "--prompt", "a fox", "--vae", "/nowhere/infinity_vae_d32reg.pth"]) == 2
+def test_cli_generate_without_files_names_every_missing_file(tmp_path, capsys):
+    assert cli.main(["generate", "--prompt", "a fox", "--vae", "/nowhere/infinity_vae_d32reg.pth",
+                     "--models-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    for needle in ("--transformer (not given)", "/nowhere/infinity_vae_d32reg.pth (not found)", "--text-encoder",
-                   "infinity_2b_reg.pth", "huggingface.co/FoundationVision/Infinity", "google/flan-t5-xl",
+    for needle in ("--transformer", "infinity_2b_reg.pth (not found)", "/nowhere/infinity_vae_d32reg.pth (not found)",
+                   "--text-encoder", "huggingface.co/FoundationVision/Infinity", "google/flan-t5-xl",
                    "models/infinity"):
         assert needle in err
 

@@ -123,7 +123,8 @@ def pack(tmp_path_factory):
             classes = asyncio.run(extension.get_node_list())
             specs = {cls.GET_SCHEMA().node_id: spec_from_schema(cls.GET_SCHEMA()) for cls in classes}
             tables = sys.modules[f"{PACK}.nodes"].schedule_tables()
-            core = {name: sys.modules[f"{PACK}.infinity_core.{name}"] for name in ("schedules", "memory", "config")}
+            core = {name: sys.modules[f"{PACK}.infinity_core.{name}"]
+                    for name in ("schedules", "memory", "config", "model_files")}
             yield {"specs": specs, "tables": tables, "schedules": core["schedules"], "core": core}
     finally:
         _drop_modules(PACK)
@@ -273,32 +274,38 @@ def test_properties(path):
         assert props.get("ver")
 
 
+FRONTEND_FETCHABLE = (".safetensors", ".sft")  # frontend 1.27 MissingModelsWarning: allowedSuffixes
+FRONTEND_SOURCES = ("https://civitai.com/", "https://huggingface.co/")  # ... and allowedSources
+
+
 @workflow_param
 def test_every_model_file_is_named(pack, path):
-    """Loaders carry properties.models for the file their widget selects (the frontend offers downloads for
-    missing ones); a Note lists every file with its download page and destination folder."""
+    """Model metadata (properties.models) lists only what the frontend's Missing Models dialog can fetch (else
+    its Download button fails: .pth files, the pack-made T5 file); the pack's loaders fetch their official files
+    themselves (download_missing on) and a Note names every file with its URL and destination folder."""
     wf = load(path)
     text = notes(wf)
     loaders = [n for n in wf["nodes"] if n["type"] in LOADERS]
     assert loaders
+    official = {m.name: m for m in pack["core"]["model_files"].OFFICIAL.values()}
     for node in loaders:
         widget, folder = LOADERS[node["type"]]
-        name = widgets(pack, node)[widget]
+        values = widgets(pack, node)
+        name = values[widget]
         models = node["properties"].get("models")
-        if name.endswith(".index.json"):
-            # A sharded model's index: ComfyUI's model listing (/experiment/models) never lists .json files, so
-            # the frontend would report it missing on every load; entries need a url (zod schema). Note only.
-            assert models is None, (node["type"], models)
-        else:
-            assert models and [m["name"] for m in models] == [name], (node["type"], models)
-            assert models[0]["directory"] == folder
-            assert models[0]["url"].startswith("https://huggingface.co/") and "/resolve/main/" in models[0]["url"]
+        for m in models or []:
+            assert m["name"].endswith(FRONTEND_FETCHABLE) and m["url"].startswith(FRONTEND_SOURCES), m
+            assert m["name"] == name and m["directory"] == folder
         top = name.split("/")[0]
         assert top in text and f"models/{folder}/" in text, (path.stem, name)
         if node["type"].startswith("Infinity"):
-            repo = ("https://huggingface.co/google/flan-t5-xl" if folder == "text_encoders"
-                    else "https://huggingface.co/FoundationVision/Infinity")
-            assert repo in text and (models is None or models[0]["url"].startswith(repo))
+            assert name in official and models is None, (node["type"], name)
+            assert values["download_missing"] is True, node["type"]  # one click from the template to a picture
+            spec = official[name]
+            assert f"https://huggingface.co/{spec.repo}" in text
+            assert pack["core"]["model_files"].gb(spec.approx_bytes) in text  # the size the Note states
+        else:
+            assert models, node["type"]  # e.g. the upscaler: fetchable by the dialog
 
 
 @workflow_param
@@ -341,7 +348,8 @@ def upstream(wf: dict, node: dict, input_name: str) -> dict:
 def test_2b_text_to_image(pack):
     wf = load(WORKFLOW_DIR / "infinity_2b_text_to_image.json")
     sampler, w = the(pack, wf, "InfinitySampler")
-    assert (w["width"], w["height"], w["budget"], w["cfg"], w["tau"]) == (1024, 1024, "1M", 3.0, 0.5)
+    assert (w["width"], w["height"], w["budget"], w["cfg"], w["tau"]) == (1024, 1024, "auto", 3.0, 0.5)
+    assert pack["schedules"].schedule_for_size(1024, 1024, "auto").budget == "1M"
     assert sampler["widgets_values"][4] == "randomize"
     assert the(pack, wf, "InfinityTransformerLoader")[1]["model_name"] == "infinity_2b_reg.pth"
     assert the(pack, wf, "InfinityBitwiseTokenizerLoader")[1]["vae_name"] == "infinity_vae_d32reg.pth"
@@ -369,7 +377,9 @@ def test_image_to_image(pack):
     encode = upstream(wf, sampler, "latent_image")
     assert encode["type"] == "InfinityEncode" and upstream(wf, encode, "image")["type"] == "LoadImage"
     n = pack["schedules"].PIXEL_BUDGETS[widgets(pack, encode)["budget"]]
-    assert 0 < w["regenerate_from_scale"] < n, "keeps some coarse scales of the image, regenerates the rest"
+    assert w["regenerate_from_scale"] == -1, "one control: denoise (the exact alternative is off)"
+    assert 0 < round((1 - w["denoise"]) * n) < n, "keeps some coarse scales of the image, regenerates the rest"
+    assert f"{round((1 - w['denoise']) * n)} of the {n} scales" in notes(wf)
     assert upstream(wf, sampler, "vae")["type"] == "InfinityBitwiseTokenizerLoader"
     assert upstream(wf, the(pack, wf, "InfinityDecode")[0], "samples") is sampler
 
@@ -437,7 +447,7 @@ def test_low_vram(pack):
     assert the(pack, wf, "InfinityTextEncoderLoader")[1]["dtype"] == "fp16"
     assert the(pack, wf, "InfinityDecode")[1]["tile_size"] == 32
     _, sampler = the(pack, wf, "InfinitySampler")
-    assert (sampler["width"], sampler["height"], sampler["budget"], sampler["batch_size"]) == (1024, 1024, "1M", 1)
+    assert (sampler["width"], sampler["height"], sampler["budget"], sampler["batch_size"]) == (1024, 1024, "auto", 1)
     text = notes(wf)
     assert "--lowvram" in text and "GB = 10^9 bytes" in text
     assert "batch_size" not in text  # already 1: no advice to lower it
@@ -462,11 +472,11 @@ def test_8b_memory_figures(pack):
 
 
 # ---- the web extension's size snapping ---------------------------------------------------------------
-def preview_text(schedule) -> str:
+def preview_text(schedule, auto: bool = False) -> str:
     """What the web extension shows on a sampler for this schedule (web/infinity_schedule.js formatSize)."""
     h, w = schedule.image_hw
     return (f"→ {w}×{h} · template {schedule.template:g} · {schedule.num_tokens:,} tokens · "
-            f"{schedule.num_scales} scales")
+            f"{schedule.num_scales} scales" + (f" · auto: {schedule.budget}" if auto else ""))
 
 
 def _cases(schedules) -> list[dict]:
@@ -477,7 +487,8 @@ def _cases(schedules) -> list[dict]:
                                                       for _ in range(400)]
     cases = []
     for i, (w, h) in enumerate(pairs):
-        budget = list(schedules.PIXEL_BUDGETS)[i % len(schedules.PIXEL_BUDGETS)]
+        choices = [*schedules.PIXEL_BUDGETS, schedules.AUTO_BUDGET]
+        budget = choices[i % len(choices)]
         try:
             s = schedules.schedule_for_size(w, h, budget)
         except schedules.ResolutionError:
@@ -485,7 +496,8 @@ def _cases(schedules) -> list[dict]:
             continue
         hh, ww = s.image_hw
         cases.append({"width": w, "height": h, "budget": budget, "ok": True, "out_width": ww, "out_height": hh,
-                      "template": s.template, "tokens": s.num_tokens, "scales": s.num_scales, "text": preview_text(s)})
+                      "template": s.template, "tokens": s.num_tokens, "scales": s.num_scales,
+                      "text": preview_text(s, budget == schedules.AUTO_BUDGET)})
     return cases
 
 

@@ -13,9 +13,9 @@
  *            tokens: number, grid: number[], snapped: boolean} | {ok: false, error: string}}
  */
 export function snapSize(tables, width, height, budget) {
+  const auto = budget === AUTO;
   const entry = tables.budgets.find(([name]) => name === budget);
-  if (!entry) return { ok: false, error: `unknown budget ${budget}` };
-  const scales = entry[1];
+  if (!entry && !auto) return { ok: false, error: `unknown budget ${budget}` };
   const w = Number(width), h = Number(height);
   if (width === "" || height === "" || !Number.isFinite(w) || !Number.isFinite(h)) {
     return { ok: false, error: `${width}×${height} is not a size` };
@@ -36,14 +36,29 @@ export function snapSize(tables, width, height, budget) {
       bestDistance = distance;
     }
   }
+  const [name, scales] = auto ? nearestBudget(tables, best[1], w * h) : entry;
   const grids = best[1].slice(0, scales);
   const [gh, gw] = grids[grids.length - 1];
   const outW = gw * tables.vae_stride, outH = gh * tables.vae_stride;
   return {
-    ok: true, width: outW, height: outH, template: best[0], budget, scales,
+    ok: true, width: outW, height: outH, template: best[0], budget: name, auto, scales,
     tokens: grids.reduce((sum, [a, b]) => sum + a * b, 0), grid: [gh, gw],
     snapped: outW !== w || outH !== h,
   };
+}
+
+export const AUTO = "auto";
+
+/** Budget "auto": the [name, scales] whose final image (at this template) has the pixel count nearest to
+ *  `pixels`; the first (smaller) one on a tie, like Python's min() in infinity_core.schedules.nearest_budget. */
+export function nearestBudget(tables, grids1M, pixels) {
+  let best = null, bestDistance = Infinity;
+  for (const [name, scales] of tables.budgets) {
+    const [gh, gw] = grids1M[scales - 1];
+    const distance = Math.abs(gh * gw * tables.vae_stride * tables.vae_stride - pixels);
+    if (distance < bestDistance) { best = [name, scales]; bestDistance = distance; }
+  }
+  return best;
 }
 
 /** "1:3 to 3:1": the most extreme templates, as width:height. */
@@ -63,13 +78,15 @@ export function budgetScales(tables, budget) {
 export function formatSize(result) {
   if (!result.ok) return `⚠ ${result.error}`;
   return `→ ${result.width}×${result.height} · template ${result.template} · ` +
-    `${result.tokens.toLocaleString("en-US")} tokens · ${result.scales} scales`;
+    `${result.tokens.toLocaleString("en-US")} tokens · ${result.scales} scales` +
+    (result.auto ? ` · auto: ${result.budget}` : "");
 }
 
 /** The Infinity Encode node's preview: width and height both 0 = the image's own aspect; only one of them 0 is
  *  refused by the node (only the ratio is used), so it is a warning here too. */
 export function describeEncode(tables, width, height, budget) {
   if (!width && !height) {
+    if (budget === AUTO) return { text: "→ the image's own aspect · budget auto: nearest to the image's size", warn: false };
     return { text: `→ the image's own aspect · budget ${budget} · ${budgetScales(tables, budget) ?? "?"} scales`,
              warn: false };
   }

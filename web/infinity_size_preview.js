@@ -5,12 +5,12 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { describeEncode, formatSize, snapSize } from "./infinity_schedule.js";
+import { drawTextLine, LINE_HEIGHT as HEIGHT } from "./infinity_text_line.js";
 
 const EXTENSION = "Infinity.SizePreview";
 const SAMPLERS = new Set(["InfinitySampler", "InfinitySamplerAdvanced"]);
 const ENCODE = "InfinityEncode";
 const WIDGET = "infinity_size";
-const HEIGHT = 22;
 
 let tables = null;
 let tablesFailed = false;
@@ -60,20 +60,7 @@ function sizeWidget(node) {
     draw(ctx, drawnNode, widgetWidth, y) {
       const { text, warn } = describeNode(drawnNode);
       this.value = text;
-      if (!text) return;
-      const margin = 15;
-      let size = 12;
-      ctx.save();
-      ctx.font = `${size}px Arial`;
-      while (size > 8 && ctx.measureText(text).width > widgetWidth - 2 * margin) {
-        size -= 1;
-        ctx.font = `${size}px Arial`;
-      }
-      ctx.fillStyle = warn ? "#ff6b6b" : "#8fd18f";
-      ctx.textAlign = "left";
-      ctx.textBaseline = "middle";
-      ctx.fillText(text, margin, y + HEIGHT / 2);
-      ctx.restore();
+      drawTextLine(ctx, text, warn, widgetWidth, y);
     },
   };
 }

@@ -2,7 +2,7 @@
 //
 //   NODE_PATH=<dir with playwright-core> node browser_check.mjs --url http://127.0.0.1:PORT --module ComfyUI-Infinity \
 //       --out report.json [--queue] [--fast] [--screenshots DIR] [--probe] [--chromium /usr/bin/chromium]
-//       [--viewport 1600x900] [--template-dialog]
+//       [--viewport 1600x900] [--template-dialog] [--dialogs-allowed]
 //
 // For every template the server lists for --module (GET /api/workflow_templates): fetch it and load it the
 // way the template browser does (app.loadGraphData(json, true, true, name)), check that every node type is
@@ -11,6 +11,7 @@
 // app.graphToPrompt() and (--queue) queue it through the frontend's api.queuePrompt. --probe changes the
 // width/height/budget widgets of an Infinity Sampler like a user and records the size preview it shows.
 // --template-dialog opens the frontend's template browser, picks the pack and clicks the first template's card.
+// --dialogs-allowed: a Missing Models dialog is fine (models absent on purpose) unless an entry's button is disabled.
 // Writes a JSON report (prompt ids, API prompts, probe texts, page/console errors); exit 1 on a failed step.
 import fs from "node:fs";
 import os from "node:os";
@@ -121,7 +122,7 @@ try {
     await settle(page, 800);
     // e.g. "Missing Models": with every file in place, any dialog means a wrong name in the workflow
     entry.dialogs = await page.evaluate(() => [...document.querySelectorAll('[role="dialog"]')]
-      .map((d) => d.innerText.trim().slice(0, 500)));
+      .map((d) => d.innerText.trim().slice(0, 3000)));
     // warnings/errors the frontend raised while loading (e.g. "Invalid workflow against zod schema")
     entry.toasts = await page.evaluate(() => [...document.querySelectorAll(".p-toast-message")]
       .map((t) => t.innerText.trim().slice(0, 500)));
@@ -138,6 +139,12 @@ try {
       await settle(page, 500);
       await page.screenshot({ path: path.join(shots, `${name}.png`), clip });
     }
+    // the loaders' status line (web/infinity_model_status.js): present, or downloaded on run with its size
+    entry.model_status = await page.evaluate(() => window.app.graph.nodes
+      .filter((n) => n.widgets?.some((w) => w.name === "infinity_model_status"))
+      .map((n) => ({ id: n.id, type: n.type, text: n.widgets.find((w) => w.name === "infinity_model_status").value })));
+    // a Missing Models entry whose Download button the frontend disables (wrong suffix or source, bad folder)
+    entry.dialog_errors = entry.dialogs.filter((d) => /Only allowed suffixes|not allowed from source|Invalid directory/.test(d));
     entry.previews = await page.evaluate(() => window.app.graph.nodes
       .filter((n) => n.widgets?.some((w) => w.name === "infinity_size"))
       .map((n) => ({ id: n.id, type: n.type, text: n.widgets.find((w) => w.name === "infinity_size").value })));
@@ -273,8 +280,9 @@ try {
       }
     }
   }
+  const dialogsBad = (w) => (flag("dialogs-allowed") ? w.dialog_errors?.length : w.dialogs?.length);
   const bad = report.workflows.filter((w) => w.status !== 200 || w.nodes?.some((n) => n.has_errors) ||
-                                             w.dialogs?.length || w.toasts?.length ||
+                                             dialogsBad(w) || w.toasts?.length ||
                                              (flag("queue") && !w.queue?.prompt_id));
   report.ok = !bad.length && !report.page_errors.length && report.extension_registrations === 1 &&
               (!report.template_dialog || report.template_dialog.ok || !!report.template_dialog.unavailable);

@@ -2,8 +2,9 @@
 
 Run in the test's own Python (no ComfyUI needed): torch, safetensors, transformers and PIL. The real
 files are gigabytes; these have the same layouts (flat `.pth`, `{'vae': ...}` `.pth`, a sharded
-folder with `model.safetensors.index.json`, an HF T5 folder with two shards, a spandrel-loadable
-upscaler) and random weights, so every workflow runs end to end on a CPU in seconds.
+folder with `model.safetensors.index.json`, an HF T5 folder with two shards, the encoder-only
+T5 file the pack downloads, a spandrel-loadable upscaler) and random weights, so every workflow runs
+end to end on a CPU in seconds.
 """
 from __future__ import annotations
 
@@ -71,6 +72,23 @@ def flan_t5_stand_in(folder: Path, tokenizer_dir: Path) -> None:
         shutil.copyfile(f, folder / f.name)
 
 
+def t5_encoder_stand_in(folder: Path, tokenizer_dir: Path) -> Path:
+    """The official encoder-only layout the pack downloads (models/text_encoders/flan-t5-xl-encoder/): one
+    safetensors file (fp16, `wo` fp32) and the tokenizer files beside it."""
+    from transformers import T5Config, T5EncoderModel
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=32128, d_model=TEXT_WIDTH, d_kv=32, d_ff=256, num_layers=1, num_heads=4,
+                      feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+    sd = {k: v.to(torch.float32 if k.endswith(".wo.weight") else torch.float16).contiguous()
+          for k, v in T5EncoderModel(config).state_dict().items() if k != "encoder.embed_tokens.weight"}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "flan_t5_xl_encoder_fp16.safetensors"
+    save_file(sd, str(path))
+    for f in tokenizer_dir.iterdir():
+        shutil.copyfile(f, folder / f.name)
+    return path
+
+
 def upscaler_stand_in(path: Path, scale: int = 4, features: int = 8) -> None:
     """A tiny RealESRGAN-compact (SRVGGNetCompact) state dict: spandrel detects it from the keys."""
     g = torch.Generator().manual_seed(7)
@@ -123,6 +141,7 @@ def populate(base: Path, model_a: Path, tokenizer_dir: Path) -> dict[str, Path]:
     _link_or_copy(model_a / "vae_tiny_a.pth", files["infinity_vae_d32reg.pth"])
     infinity_8b_stand_in(models)
     flan_t5_stand_in(models / "text_encoders" / "flan-t5-xl", tokenizer_dir)
+    t5_encoder_stand_in(models / "text_encoders" / "flan-t5-xl-encoder", tokenizer_dir)
     upscaler_stand_in(models / "upscale_models" / "RealESRGAN_x4plus.safetensors")
     input_image(base / "input" / "example.png")
     masked_input_image(base / "input" / "example_masked.png")

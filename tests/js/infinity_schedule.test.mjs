@@ -22,7 +22,7 @@ const TABLES = {  // two templates (1M grids truncated to 4 scales) and the real
 
 test("snaps to the nearest template and counts the tokens of the budget's scales", () => {
   const r = snapSize(TABLES, 1000, 1240, "small");
-  assert.deepEqual(r, { ok: true, width: 64, height: 80, template: 1.25, budget: "small", scales: 4,
+  assert.deepEqual(r, { ok: true, width: 64, height: 80, template: 1.25, budget: "small", auto: false, scales: 4,
                         tokens: 1 + 4 + 9 + 20, grid: [5, 4], snapped: true });
   assert.equal(formatSize(r), "→ 64×80 · template 1.25 · 34 tokens · 4 scales");
   assert.equal(snapSize(TABLES, 500, 400, "tiny").template, 0.8);
@@ -59,6 +59,16 @@ test("Infinity Encode: both 0 = the image's aspect, only one 0 = a warning, else
   assert.match(describeEncode(TABLES, 0, 512, "small").text, /^⚠ set width too/);
   assert.deepEqual(describeEncode(TABLES, 1000, 1240, "small"),
                    { text: formatSize(snapSize(TABLES, 1000, 1240, "small")), warn: false });
+});
+
+test("budget auto: the budget nearest in pixels, named in the text", () => {
+  const small = { ...TABLES, min_side: 16 };
+  const r = snapSize(small, 60, 60, "auto");  // 1:1, 3600 px: "tiny" gives 32x32 = 1024, "small" 96x96 = 9216
+  assert.equal(r.budget, "tiny");
+  assert.equal(r.scales, 2);
+  assert.equal(snapSize(small, 80, 80, "auto").budget, "small");  // 6400 px: |1024-6400| > |9216-6400|
+  assert.match(formatSize(snapSize(small, 80, 80, "auto")), / · auto: small$/);
+  assert.equal(describeEncode(TABLES, 0, 0, "auto").text, "→ the image's own aspect · budget auto: nearest to the image's size");
 });
 
 const casesFile = process.env.INFINITY_SCHEDULE_CASES;

@@ -1,0 +1,66 @@
+// A status line under the file list of the Infinity loaders: whether the selected official file is already
+// in the models folder or will be downloaded on run, and about how big it is, before anything runs.
+// The data come from the pack's route GET /infinity/model_files; the wording lives in infinity_models.js.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+import { describeModelFile } from "./infinity_models.js";
+import { drawTextLine, LINE_HEIGHT as HEIGHT } from "./infinity_text_line.js";
+
+const EXTENSION = "Infinity.ModelStatus";
+const LOADERS = { InfinityTransformerLoader: "model_name", InfinityBitwiseTokenizerLoader: "vae_name",
+                  InfinityTextEncoderLoader: "text_encoder_name" };
+const WIDGET = "infinity_model_status";
+let files = null;
+
+async function refresh() {
+  try {
+    const response = await api.fetchApi("/infinity/model_files");
+    if (response.ok) files = await response.json();
+  } catch (error) {
+    console.warn("[Infinity] model status unavailable", error);
+  }
+  app.graph?.setDirtyCanvas(true, false);
+}
+
+function value(node, name) {
+  return node.widgets?.find((w) => w.name === name)?.value;
+}
+
+function statusWidget() {
+  return {
+    name: WIDGET,
+    type: "infinity_model_status",
+    value: "",
+    serialize: false,
+    options: { serialize: false },
+    computeSize: (width) => [width, HEIGHT],
+    draw(ctx, node, widgetWidth, y) {
+      const { text, warn } = describeModelFile(files, value(node, LOADERS[node.comfyClass]),
+                                               value(node, "download_missing"));
+      this.value = text;
+      drawTextLine(ctx, text, warn, widgetWidth, y);
+    },
+  };
+}
+
+app.registerExtension({
+  name: EXTENSION,
+  async setup() {
+    await refresh();
+    api.addEventListener("execution_success", refresh);  // a loader may just have downloaded its file
+    api.addEventListener("execution_error", refresh);
+  },
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!(nodeData.name in LOADERS)) return;
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const result = onNodeCreated?.apply(this, arguments);
+      if (!this.widgets?.some((w) => w.name === WIDGET)) {
+        this.addCustomWidget(statusWidget());
+        const [w, h] = this.computeSize();
+        this.setSize([Math.max(this.size[0], w), Math.max(this.size[1], h)]);
+      }
+      return result;
+    };
+  },
+});

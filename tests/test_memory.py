@@ -5,6 +5,7 @@ import torch
 from infinity_core.config import InfinityConfig, VAEConfig
 from infinity_core.memory import decode_bytes, encode_bytes, sampling_bytes
 from infinity_core.random_models import random_tokenizer, random_transformer
+from infinity_core.rope import rope_table
 from infinity_core.sampler import make_generators, sample
 from infinity_core.schedules import ScaleSchedule
 from live_bytes import LiveBytes
@@ -13,6 +14,9 @@ WIDE = InfinityConfig(depth=4, embed_dim=256, num_heads=4, bits_per_token=32, te
 
 
 def measured(fn) -> int:
+    """Peak of the tensors `fn` allocates, the cached RoPE table included whichever tests ran before
+    (the estimate counts it: a generation builds it on first use)."""
+    rope_table.cache_clear()
     meter = LiveBytes()
     with meter, torch.no_grad():
         fn()

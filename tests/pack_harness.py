@@ -118,7 +118,8 @@ def env(tmp_path_factory):
         classes = asyncio.run(extension.get_node_list())
         _d32_tokenizer(pack, base / "models" / "vae" / "vae_d32.safetensors")
         yield SimpleNamespace(base=base, pack=pack, classes=classes, mm=modules["comfy.model_management"],
-                              utils=modules["comfy.utils"], fp=fp,
+                              utils=modules["comfy.utils"], fp=fp, execution=fakes.execution,
+                              patcher_module=modules["comfy.model_patcher"],
                               nodes={c.GET_SCHEMA().node_id: c for c in classes},
                               core=lambda name: importlib.import_module(f"{PACK}.infinity_core.{name}"))
     _drop_modules(PACK)
@@ -129,19 +130,17 @@ def env(tmp_path_factory):
 def _fresh_fake_state(request):
     if "env" in request.fixturenames:
         env = request.getfixturevalue("env")
-        env.mm.TOTAL_MEMORY, env.mm.FREE_MEMORY = 64 * 2**30, 32 * 2**30
-        env.mm.interrupt_current_processing(False)
-        env.mm.LOAD_CALLS.clear()
+        env.mm.reset()
         env.utils.UPDATES.clear()
         env.utils.set_progress_bar_global_hook(None)
     yield
 
 
-def run(env, node_id: str, **inputs):
-    """Execute a node as ComfyUI does: on a class clone carrying the hidden inputs, in inference mode."""
-    cls = env.nodes[node_id].PREPARE_CLASS_CLONE({"UNIQUE_ID": "42"})
-    with torch.inference_mode():
-        return cls.execute(**inputs)
+def run(env, node_id: str, linked=(), **inputs):
+    """Execute a node as ComfyUI's server does (comfy_fakes/execution.py): widget defaults and range checks
+    first (skipped for the names in `linked`, values that come over a link), the declared hidden inputs on
+    a class clone (UNIQUE_ID "42"), in inference mode."""
+    return env.execution.execute_node(env.nodes[node_id], inputs, unique_id="42", linked=linked)
 
 
 def first(output):
@@ -160,10 +159,10 @@ def models(env):
     return SimpleNamespace(model=model, vae=vae, t5=t5, positive=positive, negative=negative)
 
 
-def sampler(env, models, node="InfinitySampler", **overrides):
+def sampler(env, models, node="InfinitySampler", linked=(), **overrides):
     inputs = dict(model=models.model, positive=models.positive, seed=7, batch_size=1, cfg=3.0, tau=0.5, **SIZE)
     inputs.update(overrides)
-    return run(env, node, **inputs)
+    return run(env, node, linked=linked, **inputs)
 
 
 def decode(env, models, latent, tile_size=0):

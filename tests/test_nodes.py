@@ -85,7 +85,7 @@ def test_transformer_loader_variants(env, models, name, dtype, patchify, storage
     assert module.cfg_uncond.dtype == (torch.float32 if storage == torch.float8_e4m3fn else storage)
     assert type(module.head).__module__.endswith("ops") and module.head.comfy_cast_weights
     if patchify == "off":  # the bf16 model samples (fp8 with forced patchify cannot pair with d16 latents)
-        out = first(sampler(env, models, model=handle, stop_after_scale=3))
+        out = first(sampler(env, models, node="InfinitySamplerAdvanced", model=handle, stop_after_scale=3))
         assert torch.isfinite(out["samples"]).all() and len(out["infinity"]["bits"]) == 3
 
 

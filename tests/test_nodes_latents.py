@@ -146,13 +146,36 @@ def test_tiled_decode_of_a_local_decoder_is_exact(env, models, monkeypatch):
     ("InfinityTextEncoderLoader", dict(text_encoder_name="not_t5.safetensors"), ("text_encoder_name", "not_t5")),
 ])
 def test_loaders_reject_wrong_files(env, node, inputs, needles):
-    expect_error(lambda: run(env, node, **inputs), *needles)
+    # as if the name came over a link (the server checks a combo widget's value against its options)
+    expect_error(lambda: run(env, node, linked=tuple(inputs), **inputs), *needles)
+
+
+def test_the_server_refuses_out_of_range_widgets_before_execute(env, models):
+    """What the server's validation refuses never reaches execute (the node's own checks serve linked values)."""
+    refused = env.execution.PromptValidationError
+    cases = [("InfinitySampler", dict(width=8), "width", "value_smaller_than_min"),
+             ("InfinitySampler", dict(tau=0.0), "tau", "value_smaller_than_min"),
+             ("InfinitySampler", dict(budget="2M"), "budget", "value_not_in_list"),
+             ("InfinitySampler", dict(batch_size=65), "batch_size", "value_bigger_than_max"),
+             ("InfinitySamplerAdvanced", dict(top_p=1.5), "top_p", "value_bigger_than_max"),
+             ("InfinitySamplerAdvanced", dict(top_k=-1), "top_k", "value_smaller_than_min"),
+             ("InfinitySamplerAdvanced", dict(cfg_insertion_layer=2), "cfg_insertion_layer", "value_bigger_than_max")]
+    for node, inputs, widget, kind in cases:
+        with pytest.raises(refused) as info:
+            sampler(env, models, node=node, **inputs)
+        assert (info.value.input_name, info.value.kind) == (widget, kind), (node, inputs)
+    with pytest.raises(refused, match="value_not_in_list"):
+        run(env, "InfinityTransformerLoader", model_name="missing.pth")
+    with pytest.raises(refused, match="required_input_missing"):
+        run(env, "InfinityDecode", vae=models.vae)
+    assert not env.mm.LOAD_CALLS
 
 
 def test_bad_sampler_inputs(env, models, encoded):
     core_errors = env.core("errors")
-    expect_error(lambda: sampler(env, models, width=8), "width", kind=core_errors.ResolutionError)
-    expect_error(lambda: sampler(env, models, width=16, height=16), "width/height")
+    # out-of-range widget values only reach the node over a link (e.g. from a primitive or math node)
+    expect_error(lambda: sampler(env, models, width=8, linked=("width",)), "width", kind=core_errors.ResolutionError)
+    expect_error(lambda: sampler(env, models, width=16, height=16, linked=("width", "height")), "width/height")
     expect_error(lambda: sampler(env, models, width=100, height=3000), "width/height")
     empty = first(run(env, "InfinityTextEncode", text_encoder=models.t5, text=""))
     expect_error(lambda: sampler(env, models, positive=empty), "positive", "'text'", kind=core_errors.PromptError)
@@ -169,12 +192,15 @@ def test_bad_sampler_inputs(env, models, encoded):
     expect_error(lambda: sampler(env, models, node=advanced, cfg_list="3, 3"), "cfg_list", "7 scales")
     expect_error(lambda: sampler(env, models, node=advanced, cfg_insertion_layer=-9), "cfg_insertion_layer")
     sampling_error = core_errors.SamplingError
-    expect_error(lambda: sampler(env, models, tau=0.0), "tau: ", "above 0", kind=sampling_error)
+    expect_error(lambda: sampler(env, models, tau=0.0, linked=("tau",)), "tau: ", "above 0", kind=sampling_error)
     expect_error(lambda: sampler(env, models, node=advanced, tau_list="0.5, 0.5, 0, 0.5, 0.5, 0.5, 0.5"),
                  "tau_list: ", "above 0", kind=sampling_error)
-    expect_error(lambda: sampler(env, models, node=advanced, top_p=1.5), "top_p 1.5", kind=sampling_error)
-    expect_error(lambda: sampler(env, models, node=advanced, top_k=-1), "top_k -1", kind=sampling_error)
-    expect_error(lambda: sampler(env, models, budget="2M"), "budget: ", "2M", kind=core_errors.ResolutionError)
+    expect_error(lambda: sampler(env, models, node=advanced, top_p=1.5, linked=("top_p",)), "top_p 1.5",
+                 kind=sampling_error)
+    expect_error(lambda: sampler(env, models, node=advanced, top_k=-1, linked=("top_k",)), "top_k -1",
+                 kind=sampling_error)
+    expect_error(lambda: sampler(env, models, budget="2M", linked=("budget",)), "budget: ", "2M",
+                 kind=core_errors.ResolutionError)
     expect_error(lambda: sampler(env, models, denoise=0.5), "denoise", "latent_image")
     expect_error(lambda: sampler(env, models, node=advanced, latent_image=encoded, regenerate_from_scale=9),
                  "regenerate_from_scale")

@@ -1,6 +1,9 @@
 """Fake `comfy.model_management`: a CPU-only machine whose memory figures and interrupt flag tests set.
 
 `LOAD_CALLS` records every `load_models_gpu` call (patchers, memory_required, force_full_load).
+Tests may also set `BF16 = True` (answer `should_use_bf16` as a GPU with bf16 does; ComfyUI says False
+for a CPU) and `LOWVRAM_BUDGET` (bytes: load models partly, as ComfyUI's low-VRAM mode does, unless
+`force_full_load`; see model_patcher).
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ CPU = torch.device("cpu")
 TOTAL_MEMORY = 64 * 2**30
 FREE_MEMORY = 32 * 2**30
 LOAD_CALLS: list[dict] = []
+BF16 = False
+LOWVRAM_BUDGET: int | None = None
 _interrupt = False
 
 
@@ -18,8 +23,8 @@ class InterruptProcessingException(Exception):
 
 
 def reset() -> None:
-    global TOTAL_MEMORY, FREE_MEMORY, _interrupt
-    TOTAL_MEMORY, FREE_MEMORY, _interrupt = 64 * 2**30, 32 * 2**30, False
+    global TOTAL_MEMORY, FREE_MEMORY, BF16, LOWVRAM_BUDGET, _interrupt
+    TOTAL_MEMORY, FREE_MEMORY, BF16, LOWVRAM_BUDGET, _interrupt = 64 * 2**30, 32 * 2**30, False, None, False
     LOAD_CALLS.clear()
 
 
@@ -57,7 +62,7 @@ def unet_dtype(device=None, model_params=0, supported_dtypes=(torch.float16, tor
 
 
 def should_use_bf16(device=None, model_params=0, prioritize_performance=True, manual_cast=False):
-    return False  # False for every CPU device in ComfyUI
+    return BF16  # ComfyUI: False for every CPU device; True stands for a GPU with bf16
 
 
 def vae_dtype(device=None, allowed_dtypes=()):
@@ -80,9 +85,10 @@ def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimu
                     force_full_load=False):
     LOAD_CALLS.append({"models": list(models), "memory_required": memory_required, "force_full_load": force_full_load})
     for patcher in models:
-        patcher.model.to(patcher.load_device)
-        patcher.model.device = patcher.load_device  # as ModelPatcher.load does
-        patcher.loaded = True
+        if LOWVRAM_BUDGET is None or force_full_load:
+            patcher.load_fully()
+        else:
+            patcher.load_partially(LOWVRAM_BUDGET)
 
 
 def interrupt_current_processing(value=True):

@@ -152,3 +152,59 @@ def test_negative_prompt_replaces_the_null_text(tiny_transformer, prompt):
     with_negative = run(tiny_transformer, prompt, negative=negative)
     without = run(tiny_transformer, prompt)
     assert not torch.allclose(with_negative.logits[0], without.logits[0])
+
+
+def _replay_by_hand(model, prompt, bits, cfg, tau, mix_after: int | None):
+    """Guided logits of every scale, the network stepped block by block here, given the bits of each scale:
+    guidance mixes the hidden states after block `mix_after` (cfg * cond + (1 - cfg) * uncond, then both halves
+    continue from the mix), or the tempered logits when `mix_after` is None."""
+    full = TextEmbedding.cat([prompt, model.null_text(prompt)])
+    state = model.condition(full, SQUARE, "cpu", torch.float32)
+    x, summed, out = model.start_tokens(state), 0, []
+    try:
+        for si, n in enumerate(SQUARE.tokens_per_scale):
+            h = x + model.lvl_embed(torch.tensor([si])).float()
+            rope = state.rope_Lh[SQUARE.offsets[si]:SQUARE.offsets[si] + n]
+            for i, (block, cond, cache) in enumerate(zip(model.blocks, state.blocks, state.caches)):
+                h = block(h, cond, state.text_mask, rope, cache, torch.float32)
+                if i == mix_after and cfg[si] != 1:
+                    mixed = cfg[si] * h[:1] + (1 - cfg[si]) * h[1:]
+                    h = torch.cat([mixed, mixed])
+            if mix_after is None and cfg[si] != 1:
+                both = model.logits(h, state) / tau
+                logits = cfg[si] * both[:1] + (1 - cfg[si]) * both[1:]
+            else:
+                logits = model.logits(h[:1], state, rows=slice(0, 1)) / tau
+            out.append(logits.reshape(1, -1, 2))
+            codes = bits_to_codes(token_bits_to_vae(bits[si], SQUARE.grids[si], False))
+            summed = summed + torch.nn.functional.interpolate(codes, size=(1, 16, 16), mode="trilinear")
+            if si + 1 < SQUARE.num_scales:
+                h_next, w_next = SQUARE.grids[si + 1]
+                nxt = torch.nn.functional.interpolate(summed, size=(1, h_next, w_next), mode="trilinear")
+                x = model.word_embed(nxt.squeeze(2).flatten(2).transpose(1, 2)).float().repeat(2, 1, 1)
+    finally:
+        model.free(state)
+    return out
+
+
+@pytest.mark.parametrize("layer", [-1, -2, -3])
+def test_hidden_state_guidance_equals_a_hand_made_mix(tiny_transformer, prompt, layer):
+    cfg = [3.0, 1.0, 2.5, 2.5, 4.0, 3.0, 3.0]  # a cfg-1 scale inside: no mix there
+    guided = run(tiny_transformer, prompt, 5, settings=SamplerSettings(cfg=cfg, tau=0.7, cfg_insertion_layer=(layer,)))
+    by_hand = _replay_by_hand(tiny_transformer, prompt, guided.bits, cfg, 0.7, mix_after=4 + layer)
+    for si in range(SQUARE.num_scales):
+        torch.testing.assert_close(guided.logits[si], by_hand[si], rtol=1e-5, atol=1e-5, msg=f"scale {si}")
+    on_logits = run(tiny_transformer, prompt, 5, settings=SamplerSettings(cfg=cfg, tau=0.7), teacher_bits=guided.bits)
+    assert not torch.allclose(on_logits.logits[2], guided.logits[2], atol=1e-3)  # the layer matters
+
+
+def test_logit_guidance_with_a_cfg_one_scale_equals_a_hand_made_mix(tiny_transformer, prompt):
+    cfg = [3.0, 3.0, 3.0, 1.0, 5.0, 3.0, 3.0]
+    guided = run(tiny_transformer, prompt, 8, settings=SamplerSettings(cfg=cfg, tau=0.5))
+    by_hand = _replay_by_hand(tiny_transformer, prompt, guided.bits, cfg, 0.5, mix_after=None)
+    for si in range(SQUARE.num_scales):
+        torch.testing.assert_close(guided.logits[si], by_hand[si], rtol=1e-5, atol=1e-5, msg=f"scale {si}")
+    # the cfg-1 scale of a guided run is the conditional pass itself
+    cond = run(tiny_transformer, prompt, 8, settings=SamplerSettings(cfg=1.0, tau=0.5), teacher_bits=guided.bits)
+    torch.testing.assert_close(guided.logits[3], cond.logits[3], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(guided.logits[4], cond.logits[4], atol=1e-3)

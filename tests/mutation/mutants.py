@@ -18,7 +18,9 @@ BINOPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mu
 CMPOPS = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
           ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
 QUIET_CALLS = {"log", "logger", "logging", "warnings"}  # receivers whose calls are diagnostics only
-COSMETIC_KEYWORDS = {"tooltip", "display_name", "description", "category", "placeholder", "hint", "path"}
+# texts and widget affordances: no behaviour of the pack to test (the server checks min/max, not step)
+COSMETIC_KEYWORDS = {"tooltip", "display_name", "description", "category", "placeholder", "hint", "path", "step",
+                     "round", "display_mode", "multiline"}
 PRAGMA = "pragma: no mutate"
 
 
@@ -29,6 +31,8 @@ class Mutant:
     line: int
     description: str
     source: str          # the whole mutated file
+    end_line: int = 0
+    import_time: bool = False  # runs when the module is imported (module level, class body, defaults)
 
     def diff_line(self, original: str) -> str:
         before = original.splitlines()[self.line - 1].strip()
@@ -58,7 +62,8 @@ class _Finder(ast.NodeVisitor):
         self.lines = lines
         self.scope: list[str] = []
         self.optional: list[set[str]] = [set()]  # per scope: parameters that may be None
-        self.found: list[tuple[str, ast.AST, str, str, str]] = []  # (scope, node, replacement, op, description)
+        self.bodies = 0  # how many function bodies we are in (0: the code runs at import)
+        self.found: list[tuple] = []  # (scope, node, replacement, op, description, import_time)
 
     # ---- what is never visited ----------------------------------------------------------------
     def _skip_line(self, node) -> bool:
@@ -106,8 +111,10 @@ class _Finder(ast.NodeVisitor):
         else:
             for base in node.bases:
                 self.visit(base)
+        self.bodies += is_function
         for stmt in body:
             self.visit(stmt)
+        self.bodies -= is_function
         self.scope.pop()
         self.optional.pop()
 
@@ -129,7 +136,8 @@ class _Finder(ast.NodeVisitor):
     # ---- mutation sites -------------------------------------------------------------------------
     def add(self, node, replacement: str, op: str, description: str):
         if not self._skip_line(node):
-            self.found.append((".".join(self.scope) or "<module>", node, replacement, op, description))
+            self.found.append((".".join(self.scope) or "<module>", node, replacement, op, description,
+                               self.bodies == 0))
 
     def _swap(self, node, field_ops, new_op):
         clone = ast.parse(ast.unparse(node), mode="eval").body
@@ -209,7 +217,12 @@ class _Finder(ast.NodeVisitor):
                 kept = [k for k in node.keywords if k is not kw]
                 text = ast.unparse(ast.Call(func=node.func, args=node.args, keywords=kept))
                 self.add(node, text, "kwarg", f"keyword {kw.arg}= dropped")
-        self.generic_visit(node)
+        self.visit(node.func)
+        for arg in node.args:
+            self.visit(arg)
+        for kw in node.keywords:
+            if kw.arg not in COSMETIC_KEYWORDS:
+                self.visit(kw.value)
 
     def visit_Expr(self, node):
         if isinstance(node.value, ast.Call) and _call_root(node.value) not in QUIET_CALLS:
@@ -248,7 +261,7 @@ def mutants_of(path: str, source: str) -> list[Mutant]:
     finder.visit(tree)
     original_dump = ast.dump(tree)
     out, seen = [], {}
-    for scope, node, replacement, op, description in finder.found:
+    for scope, node, replacement, op, description, import_time in finder.found:
         a = starts[node.lineno - 1] + _encoded_col(lines[node.lineno - 1], node.col_offset)
         b = starts[node.end_lineno - 1] + _encoded_col(lines[node.end_lineno - 1], node.end_col_offset)
         original = source[a:b]
@@ -262,5 +275,5 @@ def mutants_of(path: str, source: str) -> list[Mutant]:
             continue
         key = f"{path}::{scope}::{op}::{' '.join(original.split())[:80]}::{description}"
         seen[key] = seen.get(key, -1) + 1
-        out.append(Mutant(path, f"{key}#{seen[key]}", node.lineno, description, mutated))
+        out.append(Mutant(path, f"{key}#{seen[key]}", node.lineno, description, mutated, node.end_lineno, import_time))
     return out

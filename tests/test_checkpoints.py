@@ -13,6 +13,7 @@ from infinity_core.convert import convert, describe
 from infinity_core.errors import CheckpointError, IncompatibleModelsError
 from infinity_core.loading import load_tokenizer, load_transformer, pair
 from infinity_core.random_models import random_tokenizer, transformer_file_state_dict
+from shared_paths import MODEL_A
 
 
 def same_weights(a, b):
@@ -181,3 +182,22 @@ def test_decoder_only_tokenizer_loads_but_cannot_encode(tmp_path):
     save_file(decoder_only, str(tmp_path / "dec.safetensors"))
     dec = load_tokenizer(tmp_path / "dec.safetensors")
     assert dec.encoder is None and dec.config.decoder_ch_mult == (1, 1, 1, 1, 2)
+
+
+@pytest.mark.skipif(not (MODEL_A / "infinity_tiny_a.pth").is_file(), reason=f"shared fixtures not found at {MODEL_A}")
+def test_remap_of_a_file_the_reference_wrote():
+    """Key surgery on the reference's own file (not ours written back): chunks of 2 blocks flattened, the
+    q/zero-k/v biases concatenated as the reference adds them, and the inverse giving the file back."""
+    raw = torch.load(MODEL_A / "infinity_tiny_a.pth", weights_only=True)
+    ours = remap_transformer_keys(raw)
+    sa, ca, pool = "block_chunks.1.module.1.sa.", "block_chunks.1.module.1.ca.", "text_proj_for_sos.ca."
+    assert torch.equal(ours["blocks.3.sa.mat_qkv.bias"],
+                       torch.cat([raw[sa + "q_bias"], torch.zeros(64), raw[sa + "v_bias"]]))
+    assert torch.equal(ours["blocks.3.ca.mat_kv.bias"], torch.cat([torch.zeros(64), raw[ca + "v_bias"]]))
+    assert torch.equal(ours["text_proj_for_sos.ca.mat_kv.bias"], torch.cat([torch.zeros(64), raw[pool + "v_bias"]]))
+    assert torch.equal(ours["blocks.2.ffn.fc1.weight"], raw["block_chunks.1.module.0.ffn.fc1.weight"])
+    assert torch.equal(ours["blocks.1.ada_gss"], raw["block_chunks.0.module.1.ada_gss"])
+    assert ours["blocks.0.sa.scale_mul_1H11"].shape == (1, 2, 1, 1)
+    assert not any("block_chunks" in k or k.endswith(("q_bias", "v_bias", "zero_k_bias")) for k in ours)
+    back = to_reference_keys(ours, 2)
+    assert back.keys() == raw.keys() and all(torch.equal(back[k], raw[k]) for k in raw)

@@ -43,3 +43,20 @@ def test_tokenizer_estimates_bound_the_peaks():
     encode_peak = measured(lambda: vae.encode_features(torch.randn(1, 3, *hw)))
     assert decode_peak <= decode_bytes(cfg, hw, 1, torch.float32) <= 2 * decode_peak
     assert encode_peak <= encode_bytes(cfg, hw, 1, torch.float32) <= 2 * encode_peak
+
+
+def test_sampling_estimate_term_by_term(tiny_config):
+    """The estimate for the tiny model (depth 4, C 64, MLP 256, 16 bits, head 32) at 0.06M, guided batch 1
+    (2 rows), fp32 (4 bytes), 512 text tokens, by hand: 521 tokens, 256 in the last scale, 265 stored."""
+    stored_kv = 2 * 4 * 265 * 64 * 2 * 4
+    final_scale_kv = 2 * 2 * 521 * 64 * 2 * 4     # one layer's keys and values of every token
+    text_kv = 2 * 4 * 512 * 64 * 2 * 4
+    activations = 2 * 256 * (4 * 64 * 4 + (3 * 64 + 256) * 4)
+    logits = 2 * 256 * 16 * 2 * 4 * 3
+    # RoPE of the longest 1M schedule: template 2.0 (and 0.5), 11269 tokens in the reference's
+    # dynamic_resolution.py table, head_dim / 2 complex64 rotations each
+    rope = 11269 * 16 * 8
+    expected = stored_kv + final_scale_kv + text_kv + activations + logits + rope
+    assert sampling_bytes(tiny_config, ScaleSchedule(1.0, "0.06M"), 1, True, torch.float32) == expected == 7_330_432
+    unguided = sampling_bytes(tiny_config, ScaleSchedule(1.0, "0.06M"), 1, False, torch.float32)
+    assert unguided == expected - (stored_kv + final_scale_kv + text_kv + activations + logits) // 2

@@ -33,6 +33,7 @@ class Mutant:
     source: str          # the whole mutated file
     end_line: int = 0
     import_time: bool = False  # runs when the module is imported (module level, class body, defaults)
+    body: tuple[int, int] | None = None  # for a function's default value: the lines of that function's body
 
     def diff_line(self, original: str) -> str:
         before = original.splitlines()[self.line - 1].strip()
@@ -63,6 +64,7 @@ class _Finder(ast.NodeVisitor):
         self.scope: list[str] = []
         self.optional: list[set[str]] = [set()]  # per scope: parameters that may be None
         self.bodies = 0  # how many function bodies we are in (0: the code runs at import)
+        self.defaults_of: tuple[int, int] | None = None  # body lines of the function whose defaults we visit
         self.found: list[tuple] = []  # (scope, node, replacement, op, description, import_time)
 
     # ---- what is never visited ----------------------------------------------------------------
@@ -106,8 +108,10 @@ class _Finder(ast.NodeVisitor):
                 and isinstance(body[0].value.value, str):
             body = body[1:]  # docstring
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            outer, self.defaults_of = self.defaults_of, (node.body[0].lineno, node.body[-1].end_lineno)
             for default in [*node.args.defaults, *[d for d in node.args.kw_defaults if d is not None]]:
                 self.visit(default)
+            self.defaults_of = outer
         else:
             for base in node.bases:
                 self.visit(base)
@@ -137,7 +141,7 @@ class _Finder(ast.NodeVisitor):
     def add(self, node, replacement: str, op: str, description: str):
         if not self._skip_line(node):
             self.found.append((".".join(self.scope) or "<module>", node, replacement, op, description,
-                               self.bodies == 0))
+                               self.bodies == 0, self.defaults_of if self.bodies == 0 else None))
 
     def _swap(self, node, field_ops, new_op):
         clone = ast.parse(ast.unparse(node), mode="eval").body
@@ -261,7 +265,7 @@ def mutants_of(path: str, source: str) -> list[Mutant]:
     finder.visit(tree)
     original_dump = ast.dump(tree)
     out, seen = [], {}
-    for scope, node, replacement, op, description, import_time in finder.found:
+    for scope, node, replacement, op, description, import_time, body in finder.found:
         a = starts[node.lineno - 1] + _encoded_col(lines[node.lineno - 1], node.col_offset)
         b = starts[node.end_lineno - 1] + _encoded_col(lines[node.end_lineno - 1], node.end_col_offset)
         original = source[a:b]
@@ -275,5 +279,6 @@ def mutants_of(path: str, source: str) -> list[Mutant]:
             continue
         key = f"{path}::{scope}::{op}::{' '.join(original.split())[:80]}::{description}"
         seen[key] = seen.get(key, -1) + 1
-        out.append(Mutant(path, f"{key}#{seen[key]}", node.lineno, description, mutated, node.end_lineno, import_time))
+        out.append(Mutant(path, f"{key}#{seen[key]}", node.lineno, description, mutated, node.end_lineno, import_time,
+                          body))
     return out

@@ -169,10 +169,12 @@ class Selection:
         self.users = {f: sorted({i for ids in lines.values() for i in ids}) for f, lines in self.lines.items()}
 
     def tests_for(self, m: Mutant) -> list[str]:
-        if m.import_time:
+        lines = self.lines.get(m.path, {})
+        if m.body is not None:  # a default value: the tests that call the function
+            ids = {i for n in range(m.body[0], m.body[1] + 1) for i in lines.get(n, ())}
+        elif m.import_time:  # module constants, class bodies: every test that runs code of the file
             ids = set(self.users.get(m.path, ()))
         else:
-            lines = self.lines.get(m.path, {})
             ids = {i for n in range(m.line, (m.end_line or m.line) + 1) for i in lines.get(n, ())}
         return sorted(ids, key=lambda i: (self.seconds.get(i, 0.0), i))
 

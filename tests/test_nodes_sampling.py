@@ -132,7 +132,12 @@ def test_bf16_weights_compute_in_bf16_where_comfyui_says_so(env, models):
     fp8 = first(run(env, "InfinityTransformerLoader", model_name="infinity_tiny_a.safetensors",
                     weight_dtype="fp8_e4m3fn"))
     assert fp8.compute_dtype == torch.bfloat16 and fp8.patcher.model.cfg_uncond.dtype == torch.bfloat16
-    assert fp8.patcher.model.blocks[0].ffn.fc1.weight.dtype == torch.float8_e4m3fn
+    module = fp8.patcher.model  # fp8 for the big matrices only; embeddings, biases, bare parameters in bf16
+    assert module.blocks[0].ffn.fc1.weight.dtype == module.head.weight.dtype == torch.float8_e4m3fn
+    assert module.lvl_embed.weight.dtype == module.blocks[0].ffn.fc1.bias.dtype == torch.bfloat16
+    assert module.blocks[0].ada_gss.dtype == module.text_norm.weight.dtype == torch.bfloat16
+    default = first(run(env, "InfinityTransformerLoader", model_name="infinity_tiny_a.safetensors"))
+    assert default.compute_dtype == default.patcher.model.head.weight.dtype == torch.bfloat16  # ComfyUI's pick
     fp32 = first(run(env, "InfinityTransformerLoader", model_name="infinity_tiny_a.safetensors", weight_dtype="fp32"))
     assert fp32.compute_dtype == torch.float32  # fp32 weights stay fp32 compute
     seen = []  # the dtype the blocks compute in (fp32 compute gives the same bits on this tiny model)

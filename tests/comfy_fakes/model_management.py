@@ -58,7 +58,13 @@ def text_encoder_offload_device():
 
 def unet_dtype(device=None, model_params=0, supported_dtypes=(torch.float16, torch.bfloat16, torch.float32),
                weight_dtype=None):
-    return torch.float32  # what ComfyUI picks on a CPU
+    """ComfyUI's choice without command-line flags: an fp8 file stays fp8 when the weights would not fit
+    in bf16 (no fp8 compute here); else bf16 where should_use_bf16 and the model supports it; else fp32."""
+    if weight_dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and model_params * 2 > FREE_MEMORY:
+        return weight_dtype
+    if torch.bfloat16 in supported_dtypes and should_use_bf16(device, model_params=model_params):
+        return torch.bfloat16
+    return torch.float32
 
 
 def should_use_bf16(device=None, model_params=0, prioritize_performance=True, manual_cast=False):

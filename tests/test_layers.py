@@ -30,6 +30,9 @@ def test_chunked_ffn_equals_one_pass_and_only_chunks_resident_weights(monkeypatc
     calls.clear()
     ffn(x_BLC[:, :500])  # 1000 rows: below two chunks, one pass
     assert calls == [torch.Size([2, 500, 64])]
+    calls.clear()
+    ffn(x_BLC[:, :512])  # 1024 rows: exactly two chunks
+    assert [s[0] for s in calls] == [512, 512]
 
     calls.clear()
     stored_bf16 = _ffn(dtype=torch.bfloat16)  # every chunk would cast the weights again: one pass

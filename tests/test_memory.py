@@ -60,3 +60,13 @@ def test_sampling_estimate_term_by_term(tiny_config):
     assert sampling_bytes(tiny_config, ScaleSchedule(1.0, "0.06M"), 1, True, torch.float32) == expected == 7_330_432
     unguided = sampling_bytes(tiny_config, ScaleSchedule(1.0, "0.06M"), 1, False, torch.float32)
     assert unguided == expected - (stored_kv + final_scale_kv + text_kv + activations + logits) // 2
+
+
+def test_tokenizer_estimates_by_hand_on_a_non_square_image():
+    """Four maps of the widest full-resolution level (base_ch x max(mult[0], mult[1])) plus RGB, per pixel."""
+    cfg = VAEConfig(codebook_dim=16, base_ch=32, encoder_ch_mult=(1, 2, 4), decoder_ch_mult=(2, 1, 4))
+    h, w = 128, 320
+    assert decode_bytes(cfg, (h, w), 3, torch.float32) == 3 * h * w * (4 * 64 + 3) * 4
+    assert encode_bytes(cfg, (h, w), 1, torch.bfloat16) == h * w * (4 * 64 + 3) * 2
+    assert encode_bytes(VAEConfig(codebook_dim=16, base_ch=32, encoder_ch_mult=(1, 1, 4)), (h, w), 1,
+                        torch.float32) == h * w * (4 * 32 + 3) * 4

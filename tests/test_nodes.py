@@ -4,6 +4,7 @@ Harness and fixtures: tests/pack_harness.py.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 
 import pytest
@@ -206,3 +207,17 @@ def test_stop_early_then_continue_equals_a_full_run(env, models):
 
 
 # ---- image to image ------------------------------------------------------------------------------
+
+
+def test_sharded_index_in_diffusion_models_is_listed_and_loads(env, models):
+    source = env.base / "models" / "infinity" / "tiny_sharded"
+    target = env.base / "models" / "diffusion_models" / "sharded_copy"
+    shutil.copytree(source, target)
+    try:
+        options = env.nodes["InfinityTransformerLoader"].GET_SCHEMA().inputs[0].options
+        assert "sharded_copy/model.safetensors.index.json" in options
+        assert not any(name.startswith("sharded_copy/") and "-of-" in name for name in options)
+        handle = first(run(env, "InfinityTransformerLoader", model_name="sharded_copy/model.safetensors.index.json"))
+        assert handle.config == models.model.config
+    finally:
+        shutil.rmtree(target)

@@ -224,6 +224,8 @@ def test_vae_that_does_not_match_the_model(env, models, encoded, gradient_image)
                  kind=incompatible)
     expect_error(lambda: run(env, "InfinityDecode", samples={"samples": torch.zeros(1, 4, 8, 8)}, vae=models.vae),
                  "samples", "another model family")
+    for broken, shown in (({}, "got None"), ({"samples": torch.zeros(16, 8, 8)}, "got (16, 8, 8)")):
+        expect_error(lambda: run(env, "InfinityDecode", samples=broken, vae=models.vae), "samples: ", shown)
     expect_error(lambda: decode(env, models, encoded, tile_size=3), "tile_size")
     patchified = dict(encoded, infinity=dict(encoded["infinity"], patchify=True))  # same channels, other layout
     expect_error(lambda: sampler(env, models, latent_image=patchified, denoise=0.5), "latent_image: ",

@@ -173,3 +173,22 @@ def test_missing_tokenizer(files, tmp_path):
     with pytest.raises(CheckpointError, match="HINT") as err:
         T5TextEncoder.from_single_file(files[2], tokenizer_dir=tmp_path)
     assert str(tmp_path) in str(err.value)
+
+
+@pytest.mark.parametrize("layout", ["bare stack", "encoder.embed_tokens"])
+def test_other_single_file_layouts(files, tmp_path, layout):
+    """A bare T5Stack (`block.*`, `embed_tokens.weight`, `final_layer_norm.weight`) and a file with the tied
+    `encoder.embed_tokens.weight` instead of `shared.weight` encode as transformers' model does."""
+    hf = files[0]
+    sd = _encoder_sd(hf)
+    if layout == "bare stack":
+        sd = {("embed_tokens.weight" if k == "shared.weight" else k[len("encoder."):]): v for k, v in sd.items()}
+    else:
+        sd["encoder.embed_tokens.weight"] = sd.pop("shared.weight")
+    path = tmp_path / "t5.safetensors"
+    save_file(sd, str(path))
+    enc = T5TextEncoder.from_single_file(path, tokenizer_dir=TOKENIZER_DIR)
+    ref, _ = _hf_features(hf, enc, PROMPTS[:1])
+    torch.testing.assert_close(enc.encode(PROMPTS[:1]).features_NC, ref[0, :enc.encode(PROMPTS[:1]).lens[0]],
+                               atol=1e-6, rtol=1e-6)
+    assert enc.to("meta").device.type == "meta" and enc.dtype == torch.float32  # moves weights, keeps dtypes

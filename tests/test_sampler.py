@@ -208,3 +208,15 @@ def test_logit_guidance_with_a_cfg_one_scale_equals_a_hand_made_mix(tiny_transfo
     cond = run(tiny_transformer, prompt, 8, settings=SamplerSettings(cfg=1.0, tau=0.5), teacher_bits=guided.bits)
     torch.testing.assert_close(guided.logits[3], cond.logits[3], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(guided.logits[4], cond.logits[4], atol=1e-3)
+
+
+def test_seeds_wrap_at_two_to_the_64():
+    """The seed widget reaches 2**64 - 1; image i of a batch uses (seed + i) mod 2**64."""
+    def first_draw(g):
+        return torch.rand(4, generator=g)
+    wrapped = make_generators(2**64 - 1, 2)
+    assert torch.equal(first_draw(wrapped[0]), first_draw(torch.Generator().manual_seed(2**64 - 1)))
+    assert torch.equal(first_draw(wrapped[1]), first_draw(torch.Generator().manual_seed(0)))
+    assert torch.equal(first_draw(make_generators(1000, 1)[0]), first_draw(torch.Generator().manual_seed(1000)))
+    shared = make_generators(1000, 3, per_image=False)
+    assert len(shared) == 1 and torch.equal(first_draw(shared[0]), first_draw(torch.Generator().manual_seed(1000)))

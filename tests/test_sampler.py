@@ -220,3 +220,42 @@ def test_seeds_wrap_at_two_to_the_64():
     assert torch.equal(first_draw(make_generators(1000, 1)[0]), first_draw(torch.Generator().manual_seed(1000)))
     shared = make_generators(1000, 3, per_image=False)
     assert len(shared) == 1 and torch.equal(first_draw(shared[0]), first_draw(torch.Generator().manual_seed(1000)))
+
+
+def test_every_bit_is_drawn_from_the_softmax_of_its_two_logits(tiny_transformer, prompt):
+    """Replaying the draws by hand: scale by scale, one multinomial call over the (masked) two-way softmax."""
+    for top_k, top_p in ((0, 0.0), (0, 0.9)):
+        res = run(tiny_transformer, prompt, 17, settings=SamplerSettings(cfg=2.0, tau=0.8, top_k=top_k, top_p=top_p))
+        g = torch.Generator().manual_seed(17)
+        for si, logits in enumerate(res.logits):
+            probs = logits.softmax(dim=-1)
+            if top_p:  # drop the less likely value when its probability is <= 1 - top_p
+                probs = torch.where(probs <= 1 - top_p, torch.zeros_like(probs), probs)
+            drawn = torch.multinomial(probs.view(-1, 2), 1, replacement=True, generator=g).view(res.bits[si].shape)
+            assert torch.equal(drawn.to(torch.uint8), res.bits[si]), (top_p, si)
+
+
+def test_stop_after_is_at_least_one_scale_and_at_most_all(tiny_transformer, prompt):
+    assert len(run(tiny_transformer, prompt, stop_after=0).bits) == 1
+    assert len(run(tiny_transformer, prompt, stop_after=99).bits) == SQUARE.num_scales
+
+
+def test_teacher_bits_of_any_integer_dtype_give_uint8_bits(tiny_transformer, prompt):
+    source = run(tiny_transformer, prompt, 3)
+    for dtype in (torch.int64, torch.bool, torch.float32):
+        forced = run(tiny_transformer, prompt, 4, teacher_bits=[b.to(dtype) for b in source.bits[:3]])
+        assert all(b.dtype == torch.uint8 for b in forced.bits)
+        assert all(torch.equal(a, b) for a, b in zip(forced.bits[:3], source.bits[:3]))
+        assert torch.equal(forced.summed_codes, run(tiny_transformer, prompt, 4, teacher_bits=source.bits[:3])
+                           .summed_codes)
+
+
+def test_text_and_teacher_bits_from_another_device_are_moved(tiny_transformer, prompt):
+    """Conditioning and image bits live on the CPU while a GPU samples: stand-ins that fail unless moved."""
+    from comfy_fakes.model_patcher import Offloaded
+    source = run(tiny_transformer, prompt, 3)
+    plain = run(tiny_transformer, prompt, 5, teacher_bits=source.bits[:2], negative=prompt)
+    elsewhere = TextEmbedding(prompt.features_NC.as_subclass(Offloaded), prompt.lens)
+    moved = run(tiny_transformer, elsewhere, 5, teacher_bits=[b.as_subclass(Offloaded) for b in source.bits[:2]],
+                negative=elsewhere)
+    assert all(type(b) is torch.Tensor and torch.equal(a, b) for a, b in zip(plain.bits, moved.bits))

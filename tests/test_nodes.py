@@ -221,3 +221,34 @@ def test_sharded_index_in_diffusion_models_is_listed_and_loads(env, models):
         assert handle.config == models.model.config
     finally:
         shutil.rmtree(target)
+
+
+def test_a_sharded_text_encoder_lists_its_first_shard_only(env):
+    folder = env.base / "models" / "text_encoders" / "sharded_t5"
+    folder.mkdir()
+    try:
+        for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+            (folder / name).write_bytes(b"")
+        options = env.nodes["InfinityTextEncoderLoader"].GET_SCHEMA().inputs[0].options
+        assert "sharded_t5/model-00001-of-00002.safetensors" in options
+        assert "sharded_t5/model-00002-of-00002.safetensors" not in options
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_an_fp8_file_stays_fp8_by_default_when_bf16_weights_would_not_fit(env, tmp_path):
+    """weight_dtype default asks ComfyUI with the file's own dtype (the dtype of most of its weights)."""
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(env.base / "models" / "infinity" / "infinity_tiny_a.safetensors"))
+    fp8 = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 and k.endswith(".weight") else v for k, v in sd.items()}
+    path = env.base / "models" / "infinity" / "tiny_fp8.safetensors"
+    save_file(fp8, str(path))
+    try:
+        env.mm.FREE_MEMORY = 2**19  # 512 KiB free: the 0.4M-parameter model does not fit in bf16
+        handle = first(run(env, "InfinityTransformerLoader", model_name="tiny_fp8.safetensors"))
+        assert handle.patcher.model.blocks[0].sa.mat_qkv.weight.dtype == torch.float8_e4m3fn
+        env.mm.FREE_MEMORY = 32 * 2**30
+        roomy = first(run(env, "InfinityTransformerLoader", model_name="tiny_fp8.safetensors"))
+        assert roomy.patcher.model.blocks[0].sa.mat_qkv.weight.dtype == torch.float32
+    finally:
+        path.unlink()

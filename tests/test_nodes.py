@@ -105,6 +105,7 @@ def test_text_encoder_folder_and_single_file_agree(env, models):
     assert cond.embedding.features_NC.device.type == "cpu" and cond.prompt == "a red fox in the snow"
     call = env.mm.LOAD_CALLS[-1]
     assert call["force_full_load"] and call["models"] == [single.patcher]
+    assert call["memory_required"] == 512 * 128 * 4 * 16  # 16 fp32 maps of [512 tokens, d_model 128]
     assert single.patcher.model.t5 is single.encoder.model
 
 
@@ -252,3 +253,13 @@ def test_an_fp8_file_stays_fp8_by_default_when_bf16_weights_would_not_fit(env, t
         assert roomy.patcher.model.blocks[0].sa.mat_qkv.weight.dtype == torch.float32
     finally:
         path.unlink()
+
+
+def test_a_text_encoder_folder_with_its_own_tokenizer_does_not_need_comfyuis(env, models):
+    bundled = env.base / "comfy" / "text_encoders" / "t5_tokenizer"
+    bundled.rename(bundled.with_name("moved_away"))
+    try:
+        own = first(run(env, "InfinityTextEncoderLoader", text_encoder_name="flan-t5-tiny/model.safetensors"))
+        assert own.encoder.tokenizer("a fox").input_ids == models.t5.encoder.tokenizer("a fox").input_ids
+    finally:
+        bundled.with_name("moved_away").rename(bundled)

@@ -112,6 +112,10 @@ def test_a_damaged_infinity_entry_is_treated_as_missing(env, models, encoded, in
 def test_decode_tiled_and_batched(env, models, encoded):
     whole = decode(env, models, encoded)
     tiled = decode(env, models, encoded, tile_size=8)  # per-tile GroupNorm statistics: close, not equal
+    # decoder working memory per call, by hand: the widest full-resolution level of VAE A is base_ch 24 x 1, four
+    # maps of it plus RGB, float32, over the whole 256x256 image or one 8-cell (128 px) tile
+    assert [c["memory_required"] for c in env.mm.LOAD_CALLS] == [256 * 256 * (4 * 24 + 3) * 4,
+                                                                128 * 128 * (4 * 24 + 3) * 4]
     assert tiled.shape == whole.shape and 0 <= tiled.min() and tiled.max() <= 1 and tiled.std() > 0.01
     assert torch.equal(decode(env, models, encoded, tile_size=64), whole)  # a tile covering the grid: exact
     batch = dict(encoded, samples=encoded["samples"].repeat(2, 1, 1, 1))
@@ -226,8 +230,14 @@ def test_vae_that_does_not_match_the_model(env, models, encoded, gradient_image)
                  "samples", "another model family")
     for broken, shown in (({}, "got None"), ({"samples": torch.zeros(16, 8, 8)}, "got (16, 8, 8)")):
         expect_error(lambda: run(env, "InfinityDecode", samples=broken, vae=models.vae), "samples: ", shown)
-    expect_error(lambda: decode(env, models, encoded, tile_size=3), "tile_size")
+    for tile in (1, 3, 7):
+        expect_error(lambda: decode(env, models, encoded, tile_size=tile), "tile_size")
     patchified = dict(encoded, infinity=dict(encoded["infinity"], patchify=True))  # same channels, other layout
     expect_error(lambda: sampler(env, models, latent_image=patchified, denoise=0.5), "latent_image: ",
                  "with spatial patchify", kind=incompatible)
     expect_error(lambda: decode(env, models, patchified), "samples: ", "with spatial patchify", kind=incompatible)
+
+
+def test_memory_figures_are_named_in_mib_or_gib(env):
+    size = env.pack.nodes.comfy_glue._size
+    assert (size(2**30), size(2**30 - 2**20), size(3 * 2**29)) == ("1.00 GiB", "1023.0 MiB", "1.50 GiB")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -186,6 +187,21 @@ def test_advanced_preview_with_vae_and_settings(env, models):
     assert [p.size for p in previews] == [(16 * h, 16 * h) for h in (1, 2, 4, 6, 8)]
     assert out["samples"].shape == (1, 16, 16, 16)
     assert env.mm.LOAD_CALLS[0]["models"] == [models.model.patcher, models.vae.patcher]
+    # the last preview: the codes summed so far, area-averaged to the scale's 8x8 grid, decoded
+    z = torch.nn.functional.interpolate(out["samples"][:1], size=(8, 8), mode="area")
+    with torch.no_grad():
+        rgb = models.vae.patcher.model.decode(z).clamp(-1, 1).add(1).div(2)[0].permute(1, 2, 0)
+    assert np.array_equal(np.asarray(previews[-1]), rgb.mul(255).round().to(torch.uint8).numpy())
+    # sampling's estimate (tiny model, 0.06M, guided; by hand in test_memory) plus one 512x512 preview decode
+    # (VAE A: four 24-channel maps and RGB, float32)
+    assert env.mm.LOAD_CALLS[0]["memory_required"] == 7_330_432 + 512 * 512 * (4 * 24 + 3) * 4
+
+
+def test_preview_grids_fit_512_px(env):
+    grid = env.pack.nodes.sampling._preview_grid
+    assert grid((16, 16), 16) == (16, 16) and grid((32, 32), 16) == (32, 32)  # 512 px: as is
+    assert grid((40, 40), 16) == (32, 32) and grid((48, 32), 16) == (32, 21)  # scaled to 512 px on the long side
+    assert grid((1, 64), 16) == (1, 32) and grid((1, 1), 8) == (1, 1)
 
 
 def test_a_single_number_in_a_list_widget_applies_to_every_scale(env, models):

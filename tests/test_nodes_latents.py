@@ -100,11 +100,14 @@ def test_bits_survive_core_latent_nodes(env, models, encoded):
 
 @pytest.mark.parametrize("info", [{"template": 1.0}, "junk",
                                   {"bits": None, "template": 1.0, "budget": "0.06M", "patchify": False},
-                                  {"bits": [], "template": 7.0, "budget": "0.06M", "patchify": False}])
-def test_a_damaged_infinity_entry_is_treated_as_missing(env, models, encoded, info):
+                                  {"bits": [], "template": 7.0, "budget": "0.06M", "patchify": False},
+                                  {"bits": [torch.zeros(1, 1, 16, 16)], "template": 1.0, "budget": "0.06M",
+                                   "patchify": False}])
+def test_a_damaged_infinity_entry_is_treated_as_missing(env, models, encoded, info, caplog):
     damaged = dict(encoded, infinity=info)  # e.g. written by another pack: schedule and bits re-derived
     out = first(sampler(env, models, node="InfinitySamplerAdvanced", latent_image=damaged, regenerate_from_scale=2))
     assert out["samples"].shape == (1, 16, 16, 16) and len(out["infinity"]["bits"]) == SCALES
+    assert "latent_image: ignoring an incomplete 'infinity' entry" in caplog.text
     assert decode(env, models, damaged).shape == (1, 256, 256, 3)
 
 
@@ -163,13 +166,41 @@ def test_the_server_refuses_out_of_range_widgets_before_execute(env, models):
              ("InfinitySampler", dict(batch_size=65), "batch_size", "value_bigger_than_max"),
              ("InfinitySamplerAdvanced", dict(top_p=1.5), "top_p", "value_bigger_than_max"),
              ("InfinitySamplerAdvanced", dict(top_k=-1), "top_k", "value_smaller_than_min"),
-             ("InfinitySamplerAdvanced", dict(cfg_insertion_layer=2), "cfg_insertion_layer", "value_bigger_than_max")]
+             ("InfinitySamplerAdvanced", dict(cfg_insertion_layer=2), "cfg_insertion_layer", "value_bigger_than_max"),
+             ("InfinitySampler", dict(height=63), "height", "value_smaller_than_min"),
+             ("InfinitySampler", dict(width=3585), "width", "value_bigger_than_max"),
+             ("InfinitySampler", dict(batch_size=0), "batch_size", "value_smaller_than_min"),
+             ("InfinitySampler", dict(seed=-1), "seed", "value_smaller_than_min"),
+             ("InfinitySampler", dict(seed=2**64), "seed", "value_bigger_than_max"),
+             ("InfinitySampler", dict(cfg=-0.5), "cfg", "value_smaller_than_min"),
+             ("InfinitySampler", dict(cfg=101.0), "cfg", "value_bigger_than_max"),
+             ("InfinitySampler", dict(tau=5.5), "tau", "value_bigger_than_max"),
+             ("InfinitySampler", dict(denoise=-0.1), "denoise", "value_smaller_than_min"),
+             ("InfinitySampler", dict(denoise=1.1), "denoise", "value_bigger_than_max"),
+             ("InfinitySamplerAdvanced", dict(top_p=-0.1), "top_p", "value_smaller_than_min"),
+             ("InfinitySamplerAdvanced", dict(top_k=3), "top_k", "value_bigger_than_max"),
+             ("InfinitySamplerAdvanced", dict(cfg_insertion_layer=-129), "cfg_insertion_layer",
+              "value_smaller_than_min"),
+             ("InfinitySamplerAdvanced", dict(regenerate_from_scale=-2), "regenerate_from_scale",
+              "value_smaller_than_min"),
+             ("InfinitySamplerAdvanced", dict(regenerate_from_scale=17), "regenerate_from_scale",
+              "value_bigger_than_max"),
+             ("InfinitySamplerAdvanced", dict(stop_after_scale=-1), "stop_after_scale", "value_smaller_than_min"),
+             ("InfinitySamplerAdvanced", dict(stop_after_scale=17), "stop_after_scale", "value_bigger_than_max")]
     for node, inputs, widget, kind in cases:
         with pytest.raises(refused) as info:
             sampler(env, models, node=node, **inputs)
         assert (info.value.input_name, info.value.kind) == (widget, kind), (node, inputs)
+    for node, inputs in [("InfinityDecode", dict(tile_size=-8)), ("InfinityDecode", dict(tile_size=520)),
+                         ("InfinityEncode", dict(width=-16)), ("InfinityEncode", dict(height=3600)),
+                         ("InfinityEncode", dict(budget="3M"))]:
+        with pytest.raises(refused):
+            run(env, node, samples={}, vae=models.vae, **inputs) if node == "InfinityDecode" else \
+                run(env, node, image=torch.zeros(1, 8, 8, 3), vae=models.vae, **inputs)
     with pytest.raises(refused, match="value_not_in_list"):
         run(env, "InfinityTransformerLoader", model_name="missing.pth")
+    with pytest.raises(refused, match="value_not_in_list"):
+        run(env, "InfinityTransformerLoader", model_name="infinity_tiny_a.safetensors", weight_dtype="int8")
     with pytest.raises(refused, match="required_input_missing"):
         run(env, "InfinityDecode", vae=models.vae)
     assert not env.mm.LOAD_CALLS

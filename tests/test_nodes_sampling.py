@@ -22,12 +22,12 @@ SCHEDULE = (1.0, "0.06M")  # SIZE: 256x256, 7 scales
 
 
 def core(env, models, seed=7, batch=1, negative=None, teacher=(), stop_after=None, compute_dtype=torch.float32,
-         model=None, **settings):
+         model=None, schedule=SCHEDULE, **settings):
     """The core sampler with the given settings; image i uses a generator seeded seed + i."""
     sampler_module, schedules = env.core("sampler"), env.core("schedules")
     handle = model or models.model
     return sampler_module.sample(
-        handle.patcher.model, models.positive.embedding, schedules.ScaleSchedule(*SCHEDULE),
+        handle.patcher.model, models.positive.embedding, schedules.ScaleSchedule(*schedule),
         generators=[torch.Generator().manual_seed(seed + i) for i in range(batch)],
         settings=sampler_module.SamplerSettings(**{**REFERENCE, **settings}), negative=negative, batch=batch,
         teacher_bits=teacher, stop_after=stop_after, compute_dtype=compute_dtype)
@@ -56,6 +56,14 @@ def test_a_fresh_sampler_node_samples_with_the_reference_defaults(env, models, r
     assert same(latent, reference_run)
     assert differs(reference_run, core(env, models, top_p=0.0))  # the top_p default matters on this model
     assert differs(reference_run, core(env, models, cfg=1.0)) and differs(reference_run, core(env, models, tau=1.0))
+
+
+def test_a_fresh_sampler_node_makes_the_reference_default_image(env, models):
+    """Nothing set but the seed: 1024x1024 at the 1M budget (13 scales) with the reference's settings."""
+    out = run(env, "InfinitySampler", model=models.model, positive=models.positive, seed=7)
+    latent = first(out)
+    assert latent["samples"].shape == (1, 16, 64, 64) and "1024x1024 px" in out.ui.as_dict()["text"][0]
+    assert same(latent, core(env, models, schedule=(1.0, "1M")))
 
 
 def _negative(models):

@@ -113,6 +113,12 @@ def test_layers_bring_weights_from_another_device_to_the_input():
 
 
 # ---- the KV cache ----------------------------------------------------------------------------------
+def test_kv_cache_is_allocated_on_the_device_and_dtype_asked_for():
+    cache = KVCache.empty(2, 4, 7, 8, "meta", torch.bfloat16)
+    for t in (cache.k, cache.v):
+        assert (t.device.type, t.dtype, tuple(t.shape)) == ("meta", torch.bfloat16, (2, 4, 7, 8))
+
+
 def test_kv_cache_stores_up_to_its_capacity_then_attends_without_storing():
     cache = KVCache.empty(1, 2, 5, 3, "cpu", torch.float32)
     k = torch.arange(2 * 9 * 3, dtype=torch.float32).view(1, 2, 9, 3)

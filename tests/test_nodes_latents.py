@@ -272,3 +272,11 @@ def test_vae_that_does_not_match_the_model(env, models, encoded, gradient_image)
 def test_memory_figures_are_named_in_mib_or_gib(env):
     size = env.pack.nodes.comfy_glue._size
     assert (size(2**30), size(2**30 - 2**20), size(3 * 2**29)) == ("1.00 GiB", "1023.0 MiB", "1.50 GiB")
+
+
+def test_a_latent_resized_by_another_node_follows_its_own_grid(env, models, encoded):
+    """The stored schedule only holds while the samples still have its final grid (e.g. not after an upscale)."""
+    upscaled = dict(encoded, samples=F.interpolate(encoded["samples"], size=(32, 32), mode="nearest"))
+    out = first(sampler(env, models, node="InfinitySamplerAdvanced", latent_image=upscaled, regenerate_from_scale=3))
+    assert out["samples"].shape == (1, 16, 32, 32) and out["infinity"]["budget"] == "0.25M"
+    assert [tuple(b.shape[2:4]) for b in out["infinity"]["bits"]][-1] == (32, 32)

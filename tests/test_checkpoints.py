@@ -109,7 +109,11 @@ def test_text_file_renamed_pth(tmp_path):
     bad.write_text("this is not a model\n")
     with pytest.raises(CheckpointError) as err:
         load_transformer(bad)
-    assert_clear_error(err, bad, "not a readable PyTorch checkpoint")
+    try:  # torch's own first line is quoted
+        torch.load(bad, weights_only=True, mmap=True)
+    except Exception as failure:  # noqa: BLE001 - whatever torch raises
+        detail = f"{type(failure).__name__}: {str(failure).splitlines()[0][:60]}"
+    assert_clear_error(err, bad, "not a readable PyTorch checkpoint", detail)
 
 
 @pytest.mark.parametrize("keys,kind,hint", [
@@ -225,3 +229,14 @@ def test_a_pth_without_tensors_is_named(tmp_path):
         with pytest.raises(CheckpointError) as err:
             load_transformer(path)
         assert_clear_error(err, path, "no state dict of tensors")
+
+
+def test_biases_merged_without_zero_k_keep_the_file_dtype(tiny_transformer):
+    """Files without the zero key-bias buffers (e.g. the slim releases): the zeros take the v_bias's dtype."""
+    released = {k: v.to(torch.bfloat16) for k, v in transformer_file_state_dict(tiny_transformer).items()
+                if not k.endswith("zero_k_bias")}
+    ours = remap_transformer_keys(released)
+    for key in ("blocks.0.sa.mat_qkv.bias", "blocks.0.ca.mat_kv.bias", "text_proj_for_sos.ca.mat_kv.bias"):
+        assert ours[key].dtype == torch.bfloat16, key
+    q, zero_k, v = ours["blocks.0.sa.mat_qkv.bias"].chunk(3)
+    assert not zero_k.any() and torch.equal(v, released["block_chunks.0.module.0.sa.v_bias"])

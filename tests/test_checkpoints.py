@@ -112,7 +112,7 @@ def test_text_file_renamed_pth(tmp_path):
     try:  # torch's own first line is quoted
         torch.load(bad, weights_only=True, mmap=True)
     except Exception as failure:  # noqa: BLE001 - whatever torch raises
-        detail = f"{type(failure).__name__}: {str(failure).splitlines()[0][:60]}"
+        detail = f"{type(failure).__name__}: {str(failure).splitlines()[0][:30]}"
     assert_clear_error(err, bad, "not a readable PyTorch checkpoint", detail)
 
 

@@ -54,6 +54,8 @@ def test_widgets_are_defaulted_converted_and_range_checked_before_execute(fakes)
                              io.Combo.Input("c", options=["a", "b"]), io.String.Input("s", default="x"),
                              io.Latent.Input("latent", optional=True)])
     assert run(node, {})[1] == {"n": 2, "f": 0.5, "c": "a", "s": "x"}  # what the frontend sends for a new node
+    bare = _node(io, inputs=[io.Int.Input("n"), io.Float.Input("f"), io.String.Input("s"), io.Boolean.Input("b")])
+    assert run(bare, {})[1] == {"n": 0, "f": 0.0, "s": "", "b": False}  # no default: 0, empty, off
     assert run(node, {"n": 3.0, "f": 1})[1]["n"] == 3 and isinstance(run(node, {"f": 1})[1]["f"], float)
     for inputs, kind in (({"n": 0}, "value_smaller_than_min"), ({"n": 5}, "value_bigger_than_max"),
                          ({"f": 1.5}, "value_bigger_than_max"), ({"c": "z"}, "value_not_in_list"),

@@ -62,7 +62,8 @@ def test_a_fresh_sampler_node_makes_the_reference_default_image(env, models):
     """Nothing set but the seed: 1024x1024 at the 1M budget (13 scales) with the reference's settings."""
     out = run(env, "InfinitySampler", model=models.model, positive=models.positive, seed=7)
     latent = first(out)
-    assert latent["samples"].shape == (1, 16, 64, 64) and "1024x1024 px" in out.ui.as_dict()["text"][0]
+    text = out.ui.as_dict()["text"][0]
+    assert latent["samples"].shape == (1, 16, 64, 64) and "1024x1024 px" in text and "asked for" not in text
     assert same(latent, core(env, models, schedule=(1.0, "1M")))
 
 
@@ -121,6 +122,12 @@ def test_image_to_image_keeps_each_images_own_scales(env, models, two_images):
         assert torch.equal(out["infinity"]["bits"][si], bits[si]), si  # image i keeps image i's bits
     teacher = [b.reshape(2, -1, b.shape[-1]) for b in bits[:kept]]
     assert same(out, core(env, models, seed=9, batch=2, teacher=teacher))
+
+
+def test_the_advanced_sampler_follows_denoise_by_default(env, models, two_images):
+    out = first(sampler(env, models, node="InfinitySamplerAdvanced", latent_image=two_images, denoise=0.5, seed=9))
+    assert same(out, core(env, models, seed=9, batch=2, teacher=[b.reshape(2, -1, b.shape[-1])
+                                                                  for b in two_images["infinity"]["bits"][:4]]))
 
 
 def test_image_to_image_matches_bits_to_images_by_content(env, models, two_images):

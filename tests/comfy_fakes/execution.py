@@ -30,9 +30,13 @@ def _is_widget(item) -> bool:
 
 
 def _frontend_default(item):
+    """What the frontend (1.x: getDefaultValue, the number widgets) puts in a fresh widget: the default, else a
+    combo's first option, 0, "" or false."""
+    if item.default is not None:
+        return item.default
     if isinstance(item, io.Combo.Input):
-        return item.default if item.default is not None else (item.options[0] if item.options else None)
-    return item.default
+        return item.options[0] if item.options else None
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(item.io_type)
 
 
 def validate_inputs(schema: io.Schema, inputs: dict, linked=()) -> dict:

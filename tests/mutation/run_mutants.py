@@ -202,7 +202,8 @@ def main(argv=None) -> int:
                                       "bool,kwarg,argnone,delete")
     parser.add_argument("--sample", type=int, help="run a random sample of this many mutants")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rerun", help="a report JSON: run only its survivors (those still present)")
+    parser.add_argument("--rerun", help="a report JSON: run only its survivors (those still present and not judged "
+                                        "equivalent since)")
     parser.add_argument("--report", default="mutation-report.json", help="where to write the JSON report")
     parser.add_argument("--no-fork", action="store_true", help="start a fresh Python per run (slower)")
     parser.add_argument("--timeout-factor", type=float, default=4.0)
@@ -218,7 +219,7 @@ def main(argv=None) -> int:
     if args.rerun:
         previous = json.loads(Path(args.rerun).read_text())
         wanted = {o["id"] for o in previous["outcomes"] if o["status"] in ("survived", "uncovered", "error")}
-        mutants = [m for m in mutants if m.id in wanted]
+        mutants = [m for m in mutants if m.id in wanted and m.id not in load_equivalent()]
     if args.sample and args.sample < len(mutants):
         mutants = sorted(random.Random(args.seed).sample(mutants, args.sample), key=lambda m: (m.path, m.line))
     if args.list:

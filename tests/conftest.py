@@ -1,11 +1,67 @@
-"""Shared test fixtures: one torch thread, tiny random models and their files, stand-in text."""
+"""Shared test fixtures: one torch thread, tiny random models and their files, stand-in text.
+
+Under CI (CI=true, as CI services and .ci/run set it) the shared fixtures are required: a missing
+fixture folder or tokenizer fails the run instead of skipping the parity and node tests, and a run
+that compared no reference case fails. Every run ends with a line saying how many cases it compared.
+"""
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
+from shared_paths import MODEL_A, SHARED, TOKENIZER_DIR
+
 # the fake-ComfyUI fixtures (env, models, ...) of the node and workflow tests; the stand-in hub (fake_hub, online)
 pytest_plugins = ["pack_harness", "hub_harness"]
+PARITY_TEST = "test_reference_parity.py::test_reference_case"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _missing_shared() -> list[str]:
+    import reference_cases
+    needed = [(reference_cases.fixtures_dir(), "reference fixtures (INFINITY_REF_FIXTURES)"),
+              (MODEL_A, "tiny reference model folder"), (TOKENIZER_DIR / "tokenizer.json", "T5 tokenizer")]
+    return [f"{what}: {path}" for path, what in needed if not path.exists()]
+
+
+def pytest_sessionstart(session):
+    missing = _missing_shared() if in_ci() else []
+    if missing:
+        raise pytest.UsageError(f"CI=true but the shared fixtures are missing (looked under {SHARED}; set "
+                                f"INFINITY_SHARED): " + "; ".join(missing))
+
+
+def _parity_counts(config) -> dict[str, int]:
+    stats = config.pluginmanager.get_plugin("terminalreporter").stats
+    return {outcome: sum(1 for r in stats.get(outcome, []) if getattr(r, "when", "call") in ("setup", "call")
+                         and PARITY_TEST in r.nodeid) for outcome in ("passed", "failed", "skipped", "error")}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    collected = any(PARITY_TEST.split("::")[0] in item.nodeid for item in session.items)
+    if not collected:
+        return
+    counts = _parity_counts(session.config)
+    compared = counts["passed"] + counts["failed"]
+    session.config._infinity_parity = (f"reference parity: {compared} case runs compared with the golden fixtures "
+                                       f"({counts['passed']} passed, {counts['failed']} failed, "
+                                       f"{counts['skipped']} skipped)")
+    if in_ci() and (compared == 0 or counts["skipped"]) and session.exitstatus == 0:
+        session.config._infinity_parity += "; CI=true: a skipped or missing parity case fails the run"
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if getattr(config, "_infinity_parity", None):
+        terminalreporter.write_line(config._infinity_parity)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -118,7 +118,8 @@ def env(tmp_path_factory):
         classes = asyncio.run(extension.get_node_list())
         _d32_tokenizer(pack, base / "models" / "vae" / "vae_d32.safetensors")
         yield SimpleNamespace(base=base, pack=pack, classes=classes, mm=modules["comfy.model_management"],
-                              utils=modules["comfy.utils"], fp=fp, cli_args=modules["comfy.cli_args"],
+                              utils=modules["comfy.utils"], fp=fp, cli_args=modules["comfy.cli_args"], execution=fakes.execution,
+                              patcher_module=modules["comfy.model_patcher"],
                               nodes={c.GET_SCHEMA().node_id: c for c in classes},
                               core=lambda name: importlib.import_module(f"{PACK}.infinity_core.{name}"))
     _drop_modules(PACK)
@@ -129,9 +130,7 @@ def env(tmp_path_factory):
 def _fresh_fake_state(request):
     if "env" in request.fixturenames:
         env = request.getfixturevalue("env")
-        env.mm.TOTAL_MEMORY, env.mm.FREE_MEMORY = 64 * 2**30, 32 * 2**30
-        env.mm.interrupt_current_processing(False)
-        env.mm.LOAD_CALLS.clear()
+        env.mm.reset()
         env.utils.UPDATES.clear()
         env.utils.set_progress_bar_global_hook(None)
         env.cli_args.args.preview_method = env.cli_args.LatentPreviewMethod.Auto  # as `--preview-method auto`
@@ -139,12 +138,11 @@ def _fresh_fake_state(request):
     yield
 
 
-def run(env, node_id: str, prompt: dict | None = None, **inputs):
-    """Execute a node as ComfyUI does: on a class clone carrying the hidden inputs (its id "42" and the queued
-    API prompt, if given), in inference mode."""
-    cls = env.nodes[node_id].PREPARE_CLASS_CLONE({"UNIQUE_ID": "42", "PROMPT": prompt})
-    with torch.inference_mode():
-        return cls.execute(**inputs)
+def run(env, node_id: str, linked=(), prompt: dict | None = None, **inputs):
+    """Execute a node as ComfyUI's server does (comfy_fakes/execution.py): widget defaults and range checks
+    first (skipped for the names in `linked`, values that come over a link), the declared hidden inputs on
+    a class clone (UNIQUE_ID "42", PROMPT the queued API prompt if given), in inference mode."""
+    return env.execution.execute_node(env.nodes[node_id], inputs, unique_id="42", linked=linked, prompt=prompt)
 
 
 def first(output):
@@ -163,10 +161,10 @@ def models(env):
     return SimpleNamespace(model=model, vae=vae, t5=t5, positive=positive, negative=negative)
 
 
-def sampler(env, models, node="InfinitySampler", **overrides):
+def sampler(env, models, node="InfinitySampler", linked=(), **overrides):
     inputs = dict(model=models.model, positive=models.positive, seed=7, batch_size=1, cfg=3.0, tau=0.5, **SIZE)
     inputs.update(overrides)
-    return run(env, node, **inputs)
+    return run(env, node, linked=linked, **inputs)
 
 
 def decode(env, models, latent, tile_size=0):

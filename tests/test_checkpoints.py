@@ -13,6 +13,7 @@ from infinity_core.convert import convert, describe
 from infinity_core.errors import CheckpointError, IncompatibleModelsError
 from infinity_core.loading import load_tokenizer, load_transformer, pair
 from infinity_core.random_models import random_tokenizer, transformer_file_state_dict
+from shared_paths import MODEL_A
 
 
 def same_weights(a, b):
@@ -96,7 +97,11 @@ def test_pth_that_would_run_code_is_refused_without_running_it(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_transformer(evil)
     assert not marker.exists()
-    assert_clear_error(err, evil, "refused")
+    try:  # the first line of torch's own refusal is quoted
+        torch.load(evil, weights_only=True)
+    except Exception as refusal:  # noqa: BLE001 - whatever torch raises, its first line is the reason
+        reason = str(refusal).splitlines()[0][:40]
+    assert_clear_error(err, evil, "refused", reason)
 
 
 def test_text_file_renamed_pth(tmp_path):
@@ -104,7 +109,11 @@ def test_text_file_renamed_pth(tmp_path):
     bad.write_text("this is not a model\n")
     with pytest.raises(CheckpointError) as err:
         load_transformer(bad)
-    assert_clear_error(err, bad, "not a readable PyTorch checkpoint")
+    try:  # torch's own first line is quoted
+        torch.load(bad, weights_only=True, mmap=True)
+    except Exception as failure:  # noqa: BLE001 - whatever torch raises
+        detail = f"{type(failure).__name__}: {str(failure).splitlines()[0][:30]}"
+    assert_clear_error(err, bad, "not a readable PyTorch checkpoint", detail)
 
 
 @pytest.mark.parametrize("keys,kind,hint", [
@@ -181,3 +190,53 @@ def test_decoder_only_tokenizer_loads_but_cannot_encode(tmp_path):
     save_file(decoder_only, str(tmp_path / "dec.safetensors"))
     dec = load_tokenizer(tmp_path / "dec.safetensors")
     assert dec.encoder is None and dec.config.decoder_ch_mult == (1, 1, 1, 1, 2)
+
+
+@pytest.mark.skipif(not (MODEL_A / "infinity_tiny_a.pth").is_file(), reason=f"shared fixtures not found at {MODEL_A}")
+def test_remap_of_a_file_the_reference_wrote():
+    """Key surgery on the reference's own file (not ours written back): chunks of 2 blocks flattened, the
+    q/zero-k/v biases concatenated as the reference adds them, and the inverse giving the file back."""
+    raw = torch.load(MODEL_A / "infinity_tiny_a.pth", weights_only=True)
+    ours = remap_transformer_keys(raw)
+    sa, ca, pool = "block_chunks.1.module.1.sa.", "block_chunks.1.module.1.ca.", "text_proj_for_sos.ca."
+    assert torch.equal(ours["blocks.3.sa.mat_qkv.bias"],
+                       torch.cat([raw[sa + "q_bias"], torch.zeros(64), raw[sa + "v_bias"]]))
+    assert torch.equal(ours["blocks.3.ca.mat_kv.bias"], torch.cat([torch.zeros(64), raw[ca + "v_bias"]]))
+    assert torch.equal(ours["text_proj_for_sos.ca.mat_kv.bias"], torch.cat([torch.zeros(64), raw[pool + "v_bias"]]))
+    assert torch.equal(ours["blocks.2.ffn.fc1.weight"], raw["block_chunks.1.module.0.ffn.fc1.weight"])
+    assert torch.equal(ours["blocks.1.ada_gss"], raw["block_chunks.0.module.1.ada_gss"])
+    assert ours["blocks.0.sa.scale_mul_1H11"].shape == (1, 2, 1, 1)
+    assert not any("block_chunks" in k or k.endswith(("q_bias", "v_bias", "zero_k_bias")) for k in ours)
+    back = to_reference_keys(ours, 2)
+    assert back.keys() == raw.keys() and all(torch.equal(back[k], raw[k]) for k in raw)
+
+
+def test_a_folder_with_one_safetensors_file_loads_and_one_with_two_is_refused(tmp_path, tiny_transformer):
+    folder = tmp_path / "infinity_model"
+    folder.mkdir()
+    save_file(transformer_file_state_dict(tiny_transformer), str(folder / "weights.safetensors"))
+    assert same_weights(load_transformer(folder), tiny_transformer)
+    save_file({"x": torch.zeros(1)}, str(folder / "other.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        load_transformer(folder)
+    assert_clear_error(err, folder, "not exactly one .safetensors")
+
+
+def test_a_pth_without_tensors_is_named(tmp_path):
+    for content in ({"epoch": 3, "note": "x"}, {}, {"state_dict": {"step": 1}}):
+        path = tmp_path / "notes.pth"
+        torch.save(content, path)
+        with pytest.raises(CheckpointError) as err:
+            load_transformer(path)
+        assert_clear_error(err, path, "no state dict of tensors")
+
+
+def test_biases_merged_without_zero_k_keep_the_file_dtype(tiny_transformer):
+    """Files without the zero key-bias buffers (e.g. the slim releases): the zeros take the v_bias's dtype."""
+    released = {k: v.to(torch.bfloat16) for k, v in transformer_file_state_dict(tiny_transformer).items()
+                if not k.endswith("zero_k_bias")}
+    ours = remap_transformer_keys(released)
+    for key in ("blocks.0.sa.mat_qkv.bias", "blocks.0.ca.mat_kv.bias", "text_proj_for_sos.ca.mat_kv.bias"):
+        assert ours[key].dtype == torch.bfloat16, key
+    q, zero_k, v = ours["blocks.0.sa.mat_qkv.bias"].chunk(3)
+    assert not zero_k.any() and torch.equal(v, released["block_chunks.0.module.0.sa.v_bias"])

@@ -14,7 +14,9 @@ WIDE = InfinityConfig(depth=4, embed_dim=256, num_heads=4, bits_per_token=32, te
 
 
 def measured(fn) -> int:
-    rope_table.cache_clear()  # built during the run, as in a first generation, whatever ran before
+    """Peak of the tensors `fn` allocates, the cached RoPE table included whichever tests ran before
+    (the estimate counts it: a generation builds it on first use)."""
+    rope_table.cache_clear()
     meter = LiveBytes()
     with meter, torch.no_grad():
         fn()
@@ -41,6 +43,33 @@ def test_tokenizer_estimates_bound_the_peaks():
     encode_peak = measured(lambda: vae.encode_features(torch.randn(1, 3, *hw)))
     assert decode_peak <= decode_bytes(cfg, hw, 1, torch.float32) <= 2 * decode_peak
     assert encode_peak <= encode_bytes(cfg, hw, 1, torch.float32) <= 2 * encode_peak
+
+
+def test_sampling_estimate_term_by_term(tiny_config):
+    """The estimate for the tiny model (depth 4, C 64, MLP 256, 16 bits, head 32) at 0.06M, guided batch 1
+    (2 rows), fp32 (4 bytes), 512 text tokens, by hand: 521 tokens, 256 in the last scale, 265 stored."""
+    stored_kv = 2 * 4 * 265 * 64 * 2 * 4
+    final_scale_kv = 2 * 2 * 521 * 64 * 2 * 4     # one layer's keys and values of every token
+    text_kv = 2 * 4 * 512 * 64 * 2 * 4
+    activations = 2 * 256 * (4 * 64 * 4 + (3 * 64 + 256) * 4)
+    logits = 2 * 256 * 16 * 2 * 4 * 3
+    # RoPE of the longest 1M schedule: template 2.0 (and 0.5), 11269 tokens in the reference's
+    # dynamic_resolution.py table, head_dim / 2 complex64 rotations each
+    rope = 11269 * 16 * 8
+    expected = stored_kv + final_scale_kv + text_kv + activations + logits + rope
+    assert sampling_bytes(tiny_config, ScaleSchedule(1.0, "0.06M"), 1, True, torch.float32) == expected == 7_330_432
+    unguided = sampling_bytes(tiny_config, ScaleSchedule(1.0, "0.06M"), 1, False, torch.float32)
+    assert unguided == expected - (stored_kv + final_scale_kv + text_kv + activations + logits) // 2
+
+
+def test_tokenizer_estimates_by_hand_on_a_non_square_image():
+    """Four maps of the widest full-resolution level (base_ch x max(mult[0], mult[1])) plus RGB, per pixel."""
+    cfg = VAEConfig(codebook_dim=16, base_ch=32, encoder_ch_mult=(1, 2, 4), decoder_ch_mult=(2, 1, 4))
+    h, w = 128, 320
+    assert decode_bytes(cfg, (h, w), 3, torch.float32) == 3 * h * w * (4 * 64 + 3) * 4
+    assert encode_bytes(cfg, (h, w), 1, torch.bfloat16) == h * w * (4 * 64 + 3) * 2
+    assert encode_bytes(VAEConfig(codebook_dim=16, base_ch=32, encoder_ch_mult=(1, 1, 4)), (h, w), 1,
+                        torch.float32) == h * w * (4 * 32 + 3) * 4
 
 
 def test_the_estimate_counts_what_a_score_matrix_backend_allocates(tiny_config, prompt, monkeypatch):

@@ -4,8 +4,10 @@ Harness and fixtures: tests/pack_harness.py.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -92,7 +94,7 @@ def test_transformer_loader_variants(env, models, name, dtype, patchify, storage
     assert module.cfg_uncond.dtype == (torch.float32 if storage == torch.float8_e4m3fn else storage)
     assert type(module.head).__module__.endswith("ops") and module.head.comfy_cast_weights
     if patchify == "off":  # the bf16 model samples (fp8 with forced patchify cannot pair with d16 latents)
-        out = first(sampler(env, models, model=handle, stop_after_scale=3))
+        out = first(sampler(env, models, node="InfinitySamplerAdvanced", model=handle, stop_after_scale=3))
         assert torch.isfinite(out["samples"]).all() and len(out["infinity"]["bits"]) == 3
 
 
@@ -111,6 +113,7 @@ def test_text_encoder_folder_and_single_file_agree(env, models):
     assert cond.embedding.features_NC.device.type == "cpu" and cond.prompt == "a red fox in the snow"
     call = env.mm.LOAD_CALLS[-1]
     assert call["force_full_load"] and call["models"] == [single.patcher]
+    assert call["memory_required"] == 512 * 128 * 4 * 16  # 16 fp32 maps of [512 tokens, d_model 128]
     assert single.patcher.model.t5 is single.encoder.model
 
 
@@ -191,6 +194,21 @@ def test_advanced_preview_with_vae_and_settings(env, models):
     assert [p.size for p in previews] == [(16 * h, 16 * h) for h in (1, 2, 4, 6, 8)]
     assert out["samples"].shape == (1, 16, 16, 16)
     assert env.mm.LOAD_CALLS[0]["models"] == [models.model.patcher, models.vae.patcher]
+    # the last preview: the codes summed so far, area-averaged to the scale's 8x8 grid, decoded
+    z = torch.nn.functional.interpolate(out["samples"][:1], size=(8, 8), mode="area")
+    with torch.no_grad():
+        rgb = models.vae.patcher.model.decode(z).clamp(-1, 1).add(1).div(2)[0].permute(1, 2, 0)
+    assert np.array_equal(np.asarray(previews[-1]), rgb.mul(255).round().to(torch.uint8).numpy())
+    # sampling's estimate (tiny model, 0.06M, guided; by hand in test_memory) plus one 512x512 preview decode
+    # (VAE A: four 24-channel maps and RGB, float32)
+    assert env.mm.LOAD_CALLS[0]["memory_required"] == 7_330_432 + 512 * 512 * (4 * 24 + 3) * 4
+
+
+def test_preview_grids_fit_512_px(env):
+    grid = env.pack.nodes.sampling._preview_grid
+    assert grid((16, 16), 16) == (16, 16) and grid((32, 32), 16) == (32, 32)  # 512 px: as is
+    assert grid((40, 40), 16) == (32, 32) and grid((48, 32), 16) == (32, 21)  # scaled to 512 px on the long side
+    assert grid((1, 64), 16) == (1, 32) and grid((1, 1), 8) == (1, 1)
 
 
 def test_a_single_number_in_a_list_widget_applies_to_every_scale(env, models):
@@ -213,3 +231,58 @@ def test_stop_early_then_continue_equals_a_full_run(env, models):
 
 
 # ---- image to image ------------------------------------------------------------------------------
+
+
+def test_sharded_index_in_diffusion_models_is_listed_and_loads(env, models):
+    source = env.base / "models" / "infinity" / "tiny_sharded"
+    target = env.base / "models" / "diffusion_models" / "sharded_copy"
+    shutil.copytree(source, target)
+    try:
+        options = env.nodes["InfinityTransformerLoader"].GET_SCHEMA().inputs[0].options
+        assert "sharded_copy/model.safetensors.index.json" in options
+        assert not any(name.startswith("sharded_copy/") and "-of-" in name for name in options)
+        handle = first(run(env, "InfinityTransformerLoader", model_name="sharded_copy/model.safetensors.index.json"))
+        assert handle.config == models.model.config
+    finally:
+        shutil.rmtree(target)
+
+
+def test_a_sharded_text_encoder_lists_its_first_shard_only(env):
+    folder = env.base / "models" / "text_encoders" / "sharded_t5"
+    folder.mkdir()
+    try:
+        for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+            (folder / name).write_bytes(b"")
+        options = env.nodes["InfinityTextEncoderLoader"].GET_SCHEMA().inputs[0].options
+        assert "sharded_t5/model-00001-of-00002.safetensors" in options
+        assert "sharded_t5/model-00002-of-00002.safetensors" not in options
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_an_fp8_file_stays_fp8_by_default_when_bf16_weights_would_not_fit(env, tmp_path):
+    """weight_dtype default asks ComfyUI with the file's own dtype (the dtype of most of its weights)."""
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(env.base / "models" / "infinity" / "infinity_tiny_a.safetensors"))
+    fp8 = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 and k.endswith(".weight") else v for k, v in sd.items()}
+    path = env.base / "models" / "infinity" / "tiny_fp8.safetensors"
+    save_file(fp8, str(path))
+    try:
+        env.mm.FREE_MEMORY = 2**19  # 512 KiB free: the 0.4M-parameter model does not fit in bf16
+        handle = first(run(env, "InfinityTransformerLoader", model_name="tiny_fp8.safetensors"))
+        assert handle.patcher.model.blocks[0].sa.mat_qkv.weight.dtype == torch.float8_e4m3fn
+        env.mm.FREE_MEMORY = 32 * 2**30
+        roomy = first(run(env, "InfinityTransformerLoader", model_name="tiny_fp8.safetensors"))
+        assert roomy.patcher.model.blocks[0].sa.mat_qkv.weight.dtype == torch.float32
+    finally:
+        path.unlink()
+
+
+def test_a_text_encoder_folder_with_its_own_tokenizer_does_not_need_comfyuis(env, models):
+    bundled = env.base / "comfy" / "text_encoders" / "t5_tokenizer"
+    bundled.rename(bundled.with_name("moved_away"))
+    try:
+        own = first(run(env, "InfinityTextEncoderLoader", text_encoder_name="flan-t5-tiny/model.safetensors"))
+        assert own.encoder.tokenizer("a fox").input_ids == models.t5.encoder.tokenizer("a fox").input_ids
+    finally:
+        bundled.with_name("moved_away").rename(bundled)

@@ -100,11 +100,14 @@ def test_bits_survive_core_latent_nodes(env, models, encoded):
 
 @pytest.mark.parametrize("info", [{"template": 1.0}, "junk",
                                   {"bits": None, "template": 1.0, "budget": "0.06M", "patchify": False},
-                                  {"bits": [], "template": 7.0, "budget": "0.06M", "patchify": False}])
-def test_a_damaged_infinity_entry_is_treated_as_missing(env, models, encoded, info):
+                                  {"bits": [], "template": 7.0, "budget": "0.06M", "patchify": False},
+                                  {"bits": [torch.zeros(1, 1, 16, 16)], "template": 1.0, "budget": "0.06M",
+                                   "patchify": False}])
+def test_a_damaged_infinity_entry_is_treated_as_missing(env, models, encoded, info, caplog):
     damaged = dict(encoded, infinity=info)  # e.g. written by another pack: schedule and bits re-derived
     out = first(sampler(env, models, node="InfinitySamplerAdvanced", latent_image=damaged, regenerate_from_scale=2))
     assert out["samples"].shape == (1, 16, 16, 16) and len(out["infinity"]["bits"]) == SCALES
+    assert "latent_image: ignoring an incomplete 'infinity' entry" in caplog.text
     assert decode(env, models, damaged).shape == (1, 256, 256, 3)
 
 
@@ -112,6 +115,10 @@ def test_a_damaged_infinity_entry_is_treated_as_missing(env, models, encoded, in
 def test_decode_tiled_and_batched(env, models, encoded):
     whole = decode(env, models, encoded)
     tiled = decode(env, models, encoded, tile_size=8)  # per-tile GroupNorm statistics: close, not equal
+    # decoder working memory per call, by hand: the widest full-resolution level of VAE A is base_ch 24 x 1, four
+    # maps of it plus RGB, float32, over the whole 256x256 image or one 8-cell (128 px) tile
+    assert [c["memory_required"] for c in env.mm.LOAD_CALLS] == [256 * 256 * (4 * 24 + 3) * 4,
+                                                                128 * 128 * (4 * 24 + 3) * 4]
     assert tiled.shape == whole.shape and 0 <= tiled.min() and tiled.max() <= 1 and tiled.std() > 0.01
     assert torch.equal(decode(env, models, encoded, tile_size=64), whole)  # a tile covering the grid: exact
     batch = dict(encoded, samples=encoded["samples"].repeat(2, 1, 1, 1))
@@ -146,13 +153,64 @@ def test_tiled_decode_of_a_local_decoder_is_exact(env, models, monkeypatch):
     ("InfinityTextEncoderLoader", dict(text_encoder_name="not_t5.safetensors"), ("text_encoder_name", "not_t5")),
 ])
 def test_loaders_reject_wrong_files(env, node, inputs, needles):
-    expect_error(lambda: run(env, node, **inputs), *needles)
+    # as if the name came over a link (the server checks a combo widget's value against its options)
+    expect_error(lambda: run(env, node, linked=tuple(inputs), **inputs), *needles)
+
+
+def test_the_server_refuses_out_of_range_widgets_before_execute(env, models):
+    """What the server's validation refuses never reaches execute (the node's own checks serve linked values)."""
+    refused = env.execution.PromptValidationError
+    cases = [("InfinitySampler", dict(width=8), "width", "value_smaller_than_min"),
+             ("InfinitySampler", dict(tau=0.0), "tau", "value_smaller_than_min"),
+             ("InfinitySampler", dict(budget="2M"), "budget", "value_not_in_list"),
+             ("InfinitySampler", dict(batch_size=65), "batch_size", "value_bigger_than_max"),
+             ("InfinitySamplerAdvanced", dict(top_p=1.5), "top_p", "value_bigger_than_max"),
+             ("InfinitySamplerAdvanced", dict(top_k=-1), "top_k", "value_smaller_than_min"),
+             ("InfinitySamplerAdvanced", dict(cfg_insertion_layer=2), "cfg_insertion_layer", "value_bigger_than_max"),
+             ("InfinitySampler", dict(height=63), "height", "value_smaller_than_min"),
+             ("InfinitySampler", dict(width=3585), "width", "value_bigger_than_max"),
+             ("InfinitySampler", dict(batch_size=0), "batch_size", "value_smaller_than_min"),
+             ("InfinitySampler", dict(seed=-1), "seed", "value_smaller_than_min"),
+             ("InfinitySampler", dict(seed=2**64), "seed", "value_bigger_than_max"),
+             ("InfinitySampler", dict(cfg=-0.5), "cfg", "value_smaller_than_min"),
+             ("InfinitySampler", dict(cfg=101.0), "cfg", "value_bigger_than_max"),
+             ("InfinitySampler", dict(tau=5.5), "tau", "value_bigger_than_max"),
+             ("InfinitySampler", dict(denoise=-0.1), "denoise", "value_smaller_than_min"),
+             ("InfinitySampler", dict(denoise=1.1), "denoise", "value_bigger_than_max"),
+             ("InfinitySamplerAdvanced", dict(top_p=-0.1), "top_p", "value_smaller_than_min"),
+             ("InfinitySamplerAdvanced", dict(top_k=3), "top_k", "value_bigger_than_max"),
+             ("InfinitySamplerAdvanced", dict(cfg_insertion_layer=-129), "cfg_insertion_layer",
+              "value_smaller_than_min"),
+             ("InfinitySamplerAdvanced", dict(regenerate_from_scale=-2), "regenerate_from_scale",
+              "value_smaller_than_min"),
+             ("InfinitySamplerAdvanced", dict(regenerate_from_scale=17), "regenerate_from_scale",
+              "value_bigger_than_max"),
+             ("InfinitySamplerAdvanced", dict(stop_after_scale=-1), "stop_after_scale", "value_smaller_than_min"),
+             ("InfinitySamplerAdvanced", dict(stop_after_scale=17), "stop_after_scale", "value_bigger_than_max")]
+    for node, inputs, widget, kind in cases:
+        with pytest.raises(refused) as info:
+            sampler(env, models, node=node, **inputs)
+        assert (info.value.input_name, info.value.kind) == (widget, kind), (node, inputs)
+    for node, inputs in [("InfinityDecode", dict(tile_size=-8)), ("InfinityDecode", dict(tile_size=520)),
+                         ("InfinityEncode", dict(width=-16)), ("InfinityEncode", dict(height=3600)),
+                         ("InfinityEncode", dict(budget="3M"))]:
+        with pytest.raises(refused):
+            run(env, node, samples={}, vae=models.vae, **inputs) if node == "InfinityDecode" else \
+                run(env, node, image=torch.zeros(1, 8, 8, 3), vae=models.vae, **inputs)
+    with pytest.raises(refused, match="value_not_in_list"):
+        run(env, "InfinityTransformerLoader", model_name="missing.pth")
+    with pytest.raises(refused, match="value_not_in_list"):
+        run(env, "InfinityTransformerLoader", model_name="infinity_tiny_a.safetensors", weight_dtype="int8")
+    with pytest.raises(refused, match="required_input_missing"):
+        run(env, "InfinityDecode", vae=models.vae)
+    assert not env.mm.LOAD_CALLS
 
 
 def test_bad_sampler_inputs(env, models, encoded):
     core_errors = env.core("errors")
-    expect_error(lambda: sampler(env, models, width=8), "width", kind=core_errors.ResolutionError)
-    expect_error(lambda: sampler(env, models, width=16, height=16), "width/height")
+    # out-of-range widget values only reach the node over a link (e.g. from a primitive or math node)
+    expect_error(lambda: sampler(env, models, width=8, linked=("width",)), "width", kind=core_errors.ResolutionError)
+    expect_error(lambda: sampler(env, models, width=16, height=16, linked=("width", "height")), "width/height")
     expect_error(lambda: sampler(env, models, width=100, height=3000), "width/height")
     empty = first(run(env, "InfinityTextEncode", text_encoder=models.t5, text=""))
     expect_error(lambda: sampler(env, models, positive=empty), "positive", "'text'", kind=core_errors.PromptError)
@@ -169,12 +227,15 @@ def test_bad_sampler_inputs(env, models, encoded):
     expect_error(lambda: sampler(env, models, node=advanced, cfg_list="3, 3"), "cfg_list", "7 scales")
     expect_error(lambda: sampler(env, models, node=advanced, cfg_insertion_layer=-9), "cfg_insertion_layer")
     sampling_error = core_errors.SamplingError
-    expect_error(lambda: sampler(env, models, tau=0.0), "tau: ", "above 0", kind=sampling_error)
+    expect_error(lambda: sampler(env, models, tau=0.0, linked=("tau",)), "tau: ", "above 0", kind=sampling_error)
     expect_error(lambda: sampler(env, models, node=advanced, tau_list="0.5, 0.5, 0, 0.5, 0.5, 0.5, 0.5"),
                  "tau_list: ", "above 0", kind=sampling_error)
-    expect_error(lambda: sampler(env, models, node=advanced, top_p=1.5), "top_p 1.5", kind=sampling_error)
-    expect_error(lambda: sampler(env, models, node=advanced, top_k=-1), "top_k -1", kind=sampling_error)
-    expect_error(lambda: sampler(env, models, budget="2M"), "budget: ", "2M", kind=core_errors.ResolutionError)
+    expect_error(lambda: sampler(env, models, node=advanced, top_p=1.5, linked=("top_p",)), "top_p 1.5",
+                 kind=sampling_error)
+    expect_error(lambda: sampler(env, models, node=advanced, top_k=-1, linked=("top_k",)), "top_k -1",
+                 kind=sampling_error)
+    expect_error(lambda: sampler(env, models, budget="2M", linked=("budget",)), "budget: ", "2M",
+                 kind=core_errors.ResolutionError)
     expect_error(lambda: sampler(env, models, denoise=0.5), "denoise", "latent_image")
     expect_error(lambda: sampler(env, models, node=advanced, latent_image=encoded, regenerate_from_scale=9),
                  "regenerate_from_scale")
@@ -198,8 +259,29 @@ def test_vae_that_does_not_match_the_model(env, models, encoded, gradient_image)
                  kind=incompatible)
     expect_error(lambda: run(env, "InfinityDecode", samples={"samples": torch.zeros(1, 4, 8, 8)}, vae=models.vae),
                  "samples", "another model family")
-    expect_error(lambda: decode(env, models, encoded, tile_size=3), "tile_size")
+    for broken, shown in (({}, "got None"), ({"samples": torch.zeros(16, 8, 8)}, "got (16, 8, 8)")):
+        expect_error(lambda: run(env, "InfinityDecode", samples=broken, vae=models.vae), "samples: ", shown)
+    for tile in (1, 3, 7):
+        expect_error(lambda: decode(env, models, encoded, tile_size=tile), "tile_size")
     patchified = dict(encoded, infinity=dict(encoded["infinity"], patchify=True))  # same channels, other layout
     expect_error(lambda: sampler(env, models, latent_image=patchified, denoise=0.5), "latent_image: ",
                  "with spatial patchify", kind=incompatible)
     expect_error(lambda: decode(env, models, patchified), "samples: ", "with spatial patchify", kind=incompatible)
+
+
+def test_memory_figures_are_named_in_mib_or_gib(env):
+    size = env.pack.nodes.comfy_glue._size
+    assert (size(2**30), size(2**30 - 2**20), size(3 * 2**29)) == ("1.00 GiB", "1023.0 MiB", "1.50 GiB")
+
+
+def test_a_latent_resized_by_another_node_follows_its_own_grid(env, models, encoded):
+    """The stored schedule only holds while the samples still have its final grid (e.g. not after an upscale)."""
+    upscaled = dict(encoded, samples=F.interpolate(encoded["samples"], size=(32, 32), mode="nearest"))
+    out = first(sampler(env, models, node="InfinitySamplerAdvanced", latent_image=upscaled, regenerate_from_scale=3))
+    assert out["samples"].shape == (1, 16, 32, 32) and out["infinity"]["budget"] == "0.25M"
+    assert [tuple(b.shape[2:4]) for b in out["infinity"]["bits"]][-1] == (32, 32)
+
+
+def test_a_fresh_encode_node_keeps_the_images_aspect_at_1m(env, models, gradient_image):
+    out = run(env, "InfinityEncode", image=gradient_image, vae=models.vae)  # 300x280 (h x w): template 1.0
+    assert first(out)["samples"].shape == (1, 16, 64, 64) and "1024x1024 px" in out.ui.as_dict()["text"][0]

@@ -154,3 +154,110 @@ def test_negative_prompt_replaces_the_null_text(tiny_transformer, prompt):
     with_negative = run(tiny_transformer, prompt, negative=negative)
     without = run(tiny_transformer, prompt)
     assert not torch.allclose(with_negative.logits[0], without.logits[0])
+
+
+def _replay_by_hand(model, prompt, bits, cfg, tau, mix_after: int | None):
+    """Guided logits of every scale, the network stepped block by block here, given the bits of each scale:
+    guidance mixes the hidden states after block `mix_after` (cfg * cond + (1 - cfg) * uncond, then both halves
+    continue from the mix), or the tempered logits when `mix_after` is None."""
+    full = TextEmbedding.cat([prompt, model.null_text(prompt)])
+    state = model.condition(full, SQUARE, "cpu", torch.float32)
+    x, summed, out = model.start_tokens(state), 0, []
+    try:
+        for si, n in enumerate(SQUARE.tokens_per_scale):
+            h = x + model.lvl_embed(torch.tensor([si])).float()
+            rope = state.rope_Lh[SQUARE.offsets[si]:SQUARE.offsets[si] + n]
+            for i, (block, cond, cache) in enumerate(zip(model.blocks, state.blocks, state.caches)):
+                h = block(h, cond, state.text_mask, rope, cache, torch.float32)
+                if i == mix_after and cfg[si] != 1:
+                    mixed = cfg[si] * h[:1] + (1 - cfg[si]) * h[1:]
+                    h = torch.cat([mixed, mixed])
+            if mix_after is None and cfg[si] != 1:
+                both = model.logits(h, state) / tau
+                logits = cfg[si] * both[:1] + (1 - cfg[si]) * both[1:]
+            else:
+                logits = model.logits(h[:1], state, rows=slice(0, 1)) / tau
+            out.append(logits.reshape(1, -1, 2))
+            codes = bits_to_codes(token_bits_to_vae(bits[si], SQUARE.grids[si], False))
+            summed = summed + torch.nn.functional.interpolate(codes, size=(1, 16, 16), mode="trilinear")
+            if si + 1 < SQUARE.num_scales:
+                h_next, w_next = SQUARE.grids[si + 1]
+                nxt = torch.nn.functional.interpolate(summed, size=(1, h_next, w_next), mode="trilinear")
+                x = model.word_embed(nxt.squeeze(2).flatten(2).transpose(1, 2)).float().repeat(2, 1, 1)
+    finally:
+        model.free(state)
+    return out
+
+
+@pytest.mark.parametrize("layer", [-1, -2, -3])
+def test_hidden_state_guidance_equals_a_hand_made_mix(tiny_transformer, prompt, layer):
+    cfg = [3.0, 1.0, 2.5, 2.5, 4.0, 3.0, 3.0]  # a cfg-1 scale inside: no mix there
+    guided = run(tiny_transformer, prompt, 5, settings=SamplerSettings(cfg=cfg, tau=0.7, cfg_insertion_layer=(layer,)))
+    by_hand = _replay_by_hand(tiny_transformer, prompt, guided.bits, cfg, 0.7, mix_after=4 + layer)
+    for si in range(SQUARE.num_scales):
+        torch.testing.assert_close(guided.logits[si], by_hand[si], rtol=1e-5, atol=1e-5, msg=f"scale {si}")
+    on_logits = run(tiny_transformer, prompt, 5, settings=SamplerSettings(cfg=cfg, tau=0.7), teacher_bits=guided.bits)
+    assert not torch.allclose(on_logits.logits[2], guided.logits[2], atol=1e-3)  # the layer matters
+
+
+def test_logit_guidance_with_a_cfg_one_scale_equals_a_hand_made_mix(tiny_transformer, prompt):
+    cfg = [3.0, 3.0, 3.0, 1.0, 5.0, 3.0, 3.0]
+    guided = run(tiny_transformer, prompt, 8, settings=SamplerSettings(cfg=cfg, tau=0.5))
+    by_hand = _replay_by_hand(tiny_transformer, prompt, guided.bits, cfg, 0.5, mix_after=None)
+    for si in range(SQUARE.num_scales):
+        torch.testing.assert_close(guided.logits[si], by_hand[si], rtol=1e-5, atol=1e-5, msg=f"scale {si}")
+    # the cfg-1 scale of a guided run is the conditional pass itself
+    cond = run(tiny_transformer, prompt, 8, settings=SamplerSettings(cfg=1.0, tau=0.5), teacher_bits=guided.bits)
+    torch.testing.assert_close(guided.logits[3], cond.logits[3], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(guided.logits[4], cond.logits[4], atol=1e-3)
+
+
+def test_seeds_wrap_at_two_to_the_64():
+    """The seed widget reaches 2**64 - 1; image i of a batch uses (seed + i) mod 2**64."""
+    def first_draw(g):
+        return torch.rand(4, generator=g)
+    wrapped = make_generators(2**64 - 1, 2)
+    assert torch.equal(first_draw(wrapped[0]), first_draw(torch.Generator().manual_seed(2**64 - 1)))
+    assert torch.equal(first_draw(wrapped[1]), first_draw(torch.Generator().manual_seed(0)))
+    assert torch.equal(first_draw(make_generators(1000, 1)[0]), first_draw(torch.Generator().manual_seed(1000)))
+    shared = make_generators(1000, 3, per_image=False)
+    assert len(shared) == 1 and torch.equal(first_draw(shared[0]), first_draw(torch.Generator().manual_seed(1000)))
+
+
+def test_every_bit_is_drawn_from_the_softmax_of_its_two_logits(tiny_transformer, prompt):
+    """Replaying the draws by hand: scale by scale, one multinomial call over the (masked) two-way softmax."""
+    for top_k, top_p in ((0, 0.0), (0, 0.9)):
+        res = run(tiny_transformer, prompt, 17, settings=SamplerSettings(cfg=2.0, tau=0.8, top_k=top_k, top_p=top_p))
+        g = torch.Generator().manual_seed(17)
+        for si, logits in enumerate(res.logits):
+            probs = logits.softmax(dim=-1)
+            if top_p:  # drop the less likely value when its probability is <= 1 - top_p
+                probs = torch.where(probs <= 1 - top_p, torch.zeros_like(probs), probs)
+            drawn = torch.multinomial(probs.view(-1, 2), 1, replacement=True, generator=g).view(res.bits[si].shape)
+            assert torch.equal(drawn.to(torch.uint8), res.bits[si]), (top_p, si)
+
+
+def test_stop_after_is_at_least_one_scale_and_at_most_all(tiny_transformer, prompt):
+    assert len(run(tiny_transformer, prompt, stop_after=0).bits) == 1
+    assert len(run(tiny_transformer, prompt, stop_after=99).bits) == SQUARE.num_scales
+
+
+def test_teacher_bits_of_any_integer_dtype_give_uint8_bits(tiny_transformer, prompt):
+    source = run(tiny_transformer, prompt, 3)
+    for dtype in (torch.int64, torch.bool, torch.float32):
+        forced = run(tiny_transformer, prompt, 4, teacher_bits=[b.to(dtype) for b in source.bits[:3]])
+        assert all(b.dtype == torch.uint8 for b in forced.bits)
+        assert all(torch.equal(a, b) for a, b in zip(forced.bits[:3], source.bits[:3]))
+        assert torch.equal(forced.summed_codes, run(tiny_transformer, prompt, 4, teacher_bits=source.bits[:3])
+                           .summed_codes)
+
+
+def test_text_and_teacher_bits_from_another_device_are_moved(tiny_transformer, prompt):
+    """Conditioning and image bits live on the CPU while a GPU samples: stand-ins that fail unless moved."""
+    from comfy_fakes.model_patcher import Offloaded
+    source = run(tiny_transformer, prompt, 3)
+    plain = run(tiny_transformer, prompt, 5, teacher_bits=source.bits[:2], negative=prompt)
+    elsewhere = TextEmbedding(prompt.features_NC.as_subclass(Offloaded), prompt.lens)
+    moved = run(tiny_transformer, elsewhere, 5, teacher_bits=[b.as_subclass(Offloaded) for b in source.bits[:2]],
+                negative=elsewhere)
+    assert all(type(b) is torch.Tensor and torch.equal(a, b) for a, b in zip(plain.bits, moved.bits))

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import T5Config, T5EncoderModel
 
 from infinity_core.errors import CheckpointError
@@ -106,7 +106,14 @@ def test_infer_config(files):
     for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
                  "relative_attention_num_buckets", "feed_forward_proj", "dense_act_fn", "is_gated_act"):
         assert getattr(cfg, name) == getattr(ref, name), name
-    assert cfg.dense_act_fn == "gelu_new"
+    assert cfg.dense_act_fn == "gelu_new" and cfg.is_encoder_decoder is False and cfg.use_cache is False
+    torch.manual_seed(1)
+    other = T5EncoderModel(T5Config(vocab_size=300, d_model=16, d_kv=4, d_ff=24, num_layers=3, num_heads=4,
+                                    relative_attention_num_buckets=16, feed_forward_proj="relu",
+                                    is_encoder_decoder=False))
+    cfg = infer_t5_config(other.state_dict())
+    assert (cfg.vocab_size, cfg.d_kv, cfg.d_ff, cfg.num_layers, cfg.num_heads, cfg.relative_attention_num_buckets,
+            cfg.feed_forward_proj) == (300, 4, 24, 3, 4, 16, "relu")
 
 
 def test_full_model_file_with_prefix(files, tmp_path):
@@ -173,3 +180,41 @@ def test_missing_tokenizer(files, tmp_path):
     with pytest.raises(CheckpointError, match="HINT") as err:
         T5TextEncoder.from_single_file(files[2], tokenizer_dir=tmp_path)
     assert str(tmp_path) in str(err.value)
+
+
+@pytest.mark.parametrize("layout", ["bare stack", "encoder.embed_tokens"])
+def test_other_single_file_layouts(files, tmp_path, layout):
+    """A bare T5Stack (`block.*`, `embed_tokens.weight`, `final_layer_norm.weight`) and a file with the tied
+    `encoder.embed_tokens.weight` instead of `shared.weight` encode as transformers' model does."""
+    hf = files[0]
+    sd = _encoder_sd(hf)
+    if layout == "bare stack":
+        sd = {("embed_tokens.weight" if k == "shared.weight" else k[len("encoder."):]): v for k, v in sd.items()}
+    else:
+        sd["encoder.embed_tokens.weight"] = sd.pop("shared.weight")
+    path = tmp_path / "t5.safetensors"
+    save_file(sd, str(path))
+    enc = T5TextEncoder.from_single_file(path, tokenizer_dir=TOKENIZER_DIR)
+    ref, _ = _hf_features(hf, enc, PROMPTS[:1])
+    torch.testing.assert_close(enc.encode(PROMPTS[:1]).features_NC, ref[0, :enc.encode(PROMPTS[:1]).lens[0]],
+                               atol=1e-6, rtol=1e-6)
+    assert enc.to("meta").device.type == "meta" and enc.dtype == torch.float32  # moves weights, keeps dtypes
+
+
+def test_folder_whose_weights_do_not_fit_its_config(files, tmp_path):
+    hf, folder, _ = files
+    broken = tmp_path / "flan-t5-broken"
+    shutil.copytree(folder, broken)
+    sd = load_file(str(broken / "model.safetensors"))
+    del sd["encoder.block.1.layer.0.SelfAttention.k.weight"]
+    save_file(sd, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="do not fit config.json") as err:
+        T5TextEncoder.from_folder(broken)
+    assert "HINT" in str(err.value) and "SelfAttention.k.weight" in str(err.value)
+
+
+def test_a_t5_file_without_tensors(tmp_path):
+    path = tmp_path / "t5.pth"
+    torch.save({"encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(2, 2), "step": 3}, path)
+    with pytest.raises(CheckpointError, match="no plain tensor dictionary"):
+        T5TextEncoder.from_single_file(path, tokenizer_dir=TOKENIZER_DIR)

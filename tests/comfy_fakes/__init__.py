@@ -3,14 +3,16 @@
 `install(base)` returns the modules to put into `sys.modules` (`comfy`, `comfy.*`, `comfy_api`,
 `comfy_api.latest`, `folder_paths`, `comfy.cli_args`); the caller installs and removes them (e.g. with
 `pytest.MonkeyPatch`). Signatures mirror ComfyUI a125cd84 (0.3.64); behaviour is reduced to what
-tests observe: loads, memory questions, progress updates, the interrupt flag, model folders.
+tests observe: loads (full, or partial as in low-VRAM mode), memory questions, progress updates, the
+interrupt flag, model folders. `execution` (not installed: the harness calls it) runs a node as the
+server does: widget defaults, conversions and range checks before `execute`, declared hidden inputs.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
 
-from . import cli_args, folder_paths, latest, model_management, model_patcher, ops, utils
+from . import cli_args, execution, folder_paths, latest, model_management, model_patcher, ops, utils  # noqa: F401
 
 
 def install(base: Path) -> dict[str, ModuleType]:

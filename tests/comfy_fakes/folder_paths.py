@@ -4,19 +4,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-supported_pt_extensions = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
+_PT_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
+supported_pt_extensions: set[str] = set(_PT_EXTENSIONS)
 folder_names_and_paths: dict[str, tuple[list[str], set[str]]] = {}
 models_dir = ""
 
 
 def reset(base: Path) -> None:
-    """The default table for the folders the pack reads, rooted at `base/models`."""
+    """The default table for the folders the pack reads, rooted at `base/models`. As in ComfyUI, the model
+    folders share ONE extension set (`supported_pt_extensions`): adding to one folder's adds to all."""
     global models_dir
     models_dir = str(Path(base) / "models")
+    supported_pt_extensions.clear()
+    supported_pt_extensions.update(_PT_EXTENSIONS)
     folder_names_and_paths.clear()
-    for name, dirs in {"diffusion_models": ["unet", "diffusion_models"], "vae": ["vae"],
-                       "text_encoders": ["text_encoders", "clip"]}.items():
-        folder_names_and_paths[name] = ([os.path.join(models_dir, d) for d in dirs], set(supported_pt_extensions))
+    for name, dirs in {"checkpoints": ["checkpoints"], "diffusion_models": ["unet", "diffusion_models"],
+                       "vae": ["vae"], "text_encoders": ["text_encoders", "clip"], "loras": ["loras"]}.items():
+        folder_names_and_paths[name] = ([os.path.join(models_dir, d) for d in dirs], supported_pt_extensions)
 
 
 def add_model_folder_path(folder_name: str, full_folder_path: str, is_default: bool = False) -> None:

@@ -1,6 +1,9 @@
 """Fake `comfy.model_management`: a CPU-only machine whose memory figures and interrupt flag tests set.
 
 `LOAD_CALLS` records every `load_models_gpu` call (patchers, memory_required, force_full_load).
+Tests may also set `BF16 = True` (answer `should_use_bf16` as a GPU with bf16 does; ComfyUI says False
+for a CPU) and `LOWVRAM_BUDGET` (bytes: load models partly, as ComfyUI's low-VRAM mode does, unless
+`force_full_load`; see model_patcher).
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ CPU = torch.device("cpu")
 TOTAL_MEMORY = 64 * 2**30
 FREE_MEMORY = 32 * 2**30
 LOAD_CALLS: list[dict] = []
+BF16 = False
+LOWVRAM_BUDGET: int | None = None
 _interrupt = False
 
 
@@ -18,8 +23,8 @@ class InterruptProcessingException(Exception):
 
 
 def reset() -> None:
-    global TOTAL_MEMORY, FREE_MEMORY, _interrupt
-    TOTAL_MEMORY, FREE_MEMORY, _interrupt = 64 * 2**30, 32 * 2**30, False
+    global TOTAL_MEMORY, FREE_MEMORY, BF16, LOWVRAM_BUDGET, _interrupt
+    TOTAL_MEMORY, FREE_MEMORY, BF16, LOWVRAM_BUDGET, _interrupt = 64 * 2**30, 32 * 2**30, False, None, False
     LOAD_CALLS.clear()
 
 
@@ -53,11 +58,17 @@ def text_encoder_offload_device():
 
 def unet_dtype(device=None, model_params=0, supported_dtypes=(torch.float16, torch.bfloat16, torch.float32),
                weight_dtype=None):
-    return torch.float32  # what ComfyUI picks on a CPU
+    """ComfyUI's choice without command-line flags: an fp8 file stays fp8 when the weights would not fit
+    in bf16 (no fp8 compute here); else bf16 where should_use_bf16 and the model supports it; else fp32."""
+    if weight_dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and model_params * 2 > FREE_MEMORY:
+        return weight_dtype
+    if torch.bfloat16 in supported_dtypes and should_use_bf16(device, model_params=model_params):
+        return torch.bfloat16
+    return torch.float32
 
 
 def should_use_bf16(device=None, model_params=0, prioritize_performance=True, manual_cast=False):
-    return False  # False for every CPU device in ComfyUI
+    return BF16  # ComfyUI: False for every CPU device; True stands for a GPU with bf16
 
 
 def should_use_fp16(device=None, model_params=0, prioritize_performance=True, manual_cast=False):
@@ -88,9 +99,10 @@ def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimu
                     force_full_load=False):
     LOAD_CALLS.append({"models": list(models), "memory_required": memory_required, "force_full_load": force_full_load})
     for patcher in models:
-        patcher.model.to(patcher.load_device)
-        patcher.model.device = patcher.load_device  # as ModelPatcher.load does
-        patcher.loaded = True
+        if LOWVRAM_BUDGET is None or force_full_load:
+            patcher.load_fully()
+        else:
+            patcher.load_partially(LOWVRAM_BUDGET)
 
 
 def interrupt_current_processing(value=True):

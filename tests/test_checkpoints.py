@@ -97,11 +97,7 @@ def test_pth_that_would_run_code_is_refused_without_running_it(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_transformer(evil)
     assert not marker.exists()
-    try:  # the first line of torch's own refusal is quoted
-        torch.load(evil, weights_only=True)
-    except Exception as refusal:  # noqa: BLE001 - whatever torch raises, its first line is the reason
-        reason = str(refusal).splitlines()[0][:40]
-    assert_clear_error(err, evil, "refused", reason)
+    assert_clear_error(err, evil, "refused")
 
 
 def test_text_file_renamed_pth(tmp_path):

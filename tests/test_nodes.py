@@ -205,7 +205,8 @@ def test_advanced_preview_with_vae_and_settings(env, models):
 
 
 def test_preview_grids_fit_512_px(env):
-    grid = env.pack.nodes.sampling._preview_grid
+    def grid(hw, stride):
+        return env.pack.nodes.sampling._preview_grid(hw, stride, 512)
     assert grid((16, 16), 16) == (16, 16) and grid((32, 32), 16) == (32, 32)  # 512 px: as is
     assert grid((40, 40), 16) == (32, 32) and grid((48, 32), 16) == (32, 21)  # scaled to 512 px on the long side
     assert grid((1, 64), 16) == (1, 32) and grid((1, 1), 8) == (1, 1)
@@ -251,8 +252,9 @@ def test_a_sharded_text_encoder_lists_its_first_shard_only(env):
     folder = env.base / "models" / "text_encoders" / "sharded_t5"
     folder.mkdir()
     try:
+        from safetensors.torch import save_file
         for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
-            (folder / name).write_bytes(b"")
+            save_file({"encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(2, 2)}, str(folder / name))
         options = env.nodes["InfinityTextEncoderLoader"].GET_SCHEMA().inputs[0].options
         assert "sharded_t5/model-00001-of-00002.safetensors" in options
         assert "sharded_t5/model-00002-of-00002.safetensors" not in options

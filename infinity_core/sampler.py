@@ -12,13 +12,14 @@ Shape legend: B images, N = tokens x bits of a scale, d_t bits per token, d bits
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
 
 from .conditioning import TextEmbedding
 from .errors import SamplingError
+from .pruning import PruningPolicy
 from .quantizer import bits_to_codes, next_scale_input, token_bits_to_vae, upsample_codes, vae_bits_to_tokens
 from .schedules import ScaleSchedule
 from .transformer import InfinityTransformer
@@ -34,6 +35,9 @@ class SamplerSettings:
     both. top_p drops the less likely bit value when its probability is <= 1 - top_p (0 = off).
     cfg_insertion_layer: 0 = guide the logits (every release); -k = mix the hidden states after
     layer depth-k; 1 reproduces a reference quirk: the unconditional half runs but guides nothing.
+    truncate_guidance: where cfg is 1 from some scale to the end, the unconditional half stops there
+    (its rows and KV cache are dropped); the bits are the reference's, which computes that half and
+    ignores it. False runs it as the reference does (for comparisons).
     """
 
     cfg: float | Sequence[float] = 3.0
@@ -41,6 +45,7 @@ class SamplerSettings:
     top_k: int = 0
     top_p: float = 0.0
     cfg_insertion_layer: Sequence[int] = (0,)
+    truncate_guidance: bool = True
 
     def validate(self, depth: int, num_scales: int) -> None:
         """Raise SamplingError for settings that cannot run (callers may check before loading models;
@@ -63,6 +68,26 @@ class SamplerSettings:
             return values[:n]
         return expand(self.cfg, "cfg"), expand(self.tau, "tau")
 
+    def unguided_last(self, scales: int, num_scales: int, last: int) -> "SamplerSettings":
+        """These settings with cfg 1 on the last `scales` of the first `last` scales (the ones that run)."""
+        if scales <= 0:
+            return self
+        if scales > last:
+            raise SamplingError(f"unguided last scales: {scales}, but only {last} scales run",
+                                hint=f"use 0..{last} (0 = guidance on every scale)")
+        cfg, _ = self.per_scale(num_scales)
+        return replace(self, cfg=tuple(cfg[:last - scales]) + (1.0,) * scales + tuple(cfg[last:]))
+
+    def guided_scales(self, n: int) -> int:
+        """How many leading scales of a run of n run the unconditional half (0 = none)."""
+        cfg, _ = self.per_scale(n)
+        if not any(c != 1 for c in cfg):
+            return 0
+        k = n
+        while self.truncate_guidance and cfg[k - 1] == 1:
+            k -= 1
+        return k
+
 
 @dataclass
 class ScaleProgress:
@@ -81,6 +106,7 @@ class SampleResult:
     schedule: ScaleSchedule
     patchify: bool
     logits: list[torch.Tensor] | None = None  # guided, tempered, unmasked [B, N, 2] (if recorded)
+    skipped: tuple[int, ...] = ()       # scales pruning skipped: no bits, nothing in summed_codes
 
 
 def mask_logits_(logits_BN2: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -153,55 +179,84 @@ def sample(
     compute_dtype: torch.dtype = torch.float32,
     callback: Callable[[ScaleProgress], None] | None = None,
     record_logits: bool = False,
+    pruning: PruningPolicy | None = None,
 ) -> SampleResult:
     """Generate `batch` images' bits. `teacher_bits[si]` (transformer or VAE layout) replaces the draw
-    of scale si (the reference's gt_leak: image-to-image); `stop_after=k` keeps only scales < k."""
+    of scale si (the reference's gt_leak: image-to-image); `stop_after=k` keeps only scales < k;
+    `pruning` (pruning.build_policy) prunes tokens inside the blocks and may skip the last scales."""
     B = text.batch if batch is None else batch
     if B < 1:
         raise SamplingError(f"batch size must be at least 1, got {B}", hint="generate 1 or more images")
     settings.validate(len(model.blocks), schedule.num_scales)
+    if pruning is not None:
+        pruning.validate(schedule, len(model.blocks))
     n = schedule.num_scales if stop_after is None else max(1, min(stop_after, schedule.num_scales))
+    n_net = pruning.scales_run(n) if pruning is not None else n  # scales that run the network
     cfg_list, tau_list = settings.per_scale(schedule.num_scales)
     on_logits, mix_layers = _guidance(settings, len(model.blocks))
     if 1 in settings.cfg_insertion_layer:
         log.warning("cfg_insertion_layer 1 applies no guidance (reference behaviour); the uncond half still runs")
-    use_cfg = any(c != 1 for c in cfg_list)
-    full_text = _guided_text(model, text, negative, B) if use_cfg else text.expand_to(B)
+    guided_until = settings.guided_scales(n_net)  # the unconditional rows exist for scales < guided_until
+    full_text = _guided_text(model, text, negative, B) if guided_until else text.expand_to(B)
     device = torch.device(device) if device is not None else model.head.weight.device
     vae_grids = schedule.vae_grids(patchify)
     final_HW = vae_grids[-1]
+    total = output_scales(n, pruning, len(teacher_bits))
+    kv_tokens = sum(schedule.tokens_per_scale[:n_net - 1])  # the last scale run is never attended to later
 
-    state = model.condition(full_text, schedule, device, compute_dtype, num_scales=n)
+    state = model.condition(full_text, schedule, device, compute_dtype, num_scales=n_net,
+                            kv_scales=guided_until if 0 < guided_until < n_net else None)
     try:
-        x, summed, bits_out, logits_out = model.start_tokens(state), 0, [], []
+        x, summed, bits_out, logits_out, skipped = model.start_tokens(state), 0, [], [], []
         for si in range(n):
             cfg, tau = cfg_list[si], tau_list[si]
-            mix = lambda h, cfg=cfg: torch.cat([cfg * h[:B] + (1 - cfg) * h[B:]] * 2)  # noqa: E731
-            layers = mix_layers if cfg != 1 else frozenset()
-            hidden = model.forward_scale(x, si, state, mix_after_layers=layers, mix=mix)
-            if cfg != 1 and on_logits:
-                logits = model.logits(hidden, state).mul(1 / tau)
-                logits = cfg * logits[:B] + (1 - cfg) * logits[B:]
+            forced = _as_token_bits(teacher_bits[si], patchify) if si < len(teacher_bits) else None
+            if si >= n_net:
+                # A skipped scale (FastVAR's "100% pruning") draws nothing and adds only tokens forced by
+                # the teacher (image-to-image); a per-token teacher mask would add just its forced tokens'
+                # codes here. With none, the scale contributes nothing: neither codes nor bits.
+                if forced is None:
+                    skipped.append(si)
+                    continue
+                bits = forced.to(device=device, dtype=torch.uint8)
             else:
-                logits = model.logits(hidden[:B], state, rows=slice(0, B)).mul(1 / tau)
-            logits = logits.reshape(B, -1, 2)
-            if record_logits:
-                logits_out.append(logits.clone())
-            probs = mask_logits_(logits, settings.top_k, settings.top_p).softmax(dim=-1)
-            bits = draw_bits(probs, generators).view(B, schedule.tokens_per_scale[si], -1).to(torch.uint8)
-            if si < len(teacher_bits):
-                bits = _as_token_bits(teacher_bits[si], patchify).to(device=bits.device, dtype=torch.uint8)
+                guided = state.rows > B
+                mix = lambda h, cfg=cfg: torch.cat([cfg * h[:B] + (1 - cfg) * h[B:]] * 2)  # noqa: E731
+                layers = mix_layers if cfg != 1 and guided else frozenset()
+                hidden = model.forward_scale(x, si, state, mix_after_layers=layers, mix=mix, pruning=pruning)
+                if cfg != 1 and on_logits and guided:
+                    logits = model.logits(hidden, state).mul(1 / tau)
+                    logits = cfg * logits[:B] + (1 - cfg) * logits[B:]
+                else:
+                    logits = model.logits(hidden[:B], state, rows=slice(0, B)).mul(1 / tau)
+                del hidden
+                logits = logits.reshape(B, -1, 2)
+                if record_logits:
+                    logits_out.append(logits.clone())
+                probs = mask_logits_(logits, settings.top_k, settings.top_p).softmax(dim=-1)
+                bits = draw_bits(probs, generators).view(B, schedule.tokens_per_scale[si], -1).to(torch.uint8)
+                if forced is not None:
+                    bits = forced.to(device=bits.device, dtype=torch.uint8)
             codes = bits_to_codes(token_bits_to_vae(bits, schedule.grids[si], patchify))
             summed = summed + upsample_codes(codes, final_HW)
-            if si + 1 < n:
+            if si + 1 == guided_until < n_net:  # guidance truncation: cfg is 1 from here on
+                model.keep_rows(state, B, kv_tokens)
+            if si + 1 < n_net:
                 x = model.embed_bits(next_scale_input(summed, vae_grids[si + 1], patchify), state)
-                x = x.repeat(full_text.batch // B, 1, 1)
+                x = x.repeat(state.rows // B, 1, 1)
             bits_out.append(bits)
             if callback is not None:
-                callback(ScaleProgress(si, n, bits, summed))
+                callback(ScaleProgress(si, total, bits, summed))
     finally:
         model.free(state)
-    return SampleResult(bits_out, summed.squeeze(2), schedule, patchify, logits_out if record_logits else None)
+    return SampleResult(bits_out, summed.squeeze(2), schedule, patchify, logits_out if record_logits else None,
+                        skipped=tuple(skipped))
+
+
+def output_scales(n: int, pruning: PruningPolicy | None, teacher_scales: int = 0) -> int:
+    """How many scales of a run of n yield bits: all but the skipped ones that no teacher forces."""
+    n_net = pruning.scales_run(n) if pruning is not None else n
+    return max(n_net, min(n, teacher_scales))
 
 
 def _as_token_bits(bits: torch.Tensor, patchify: bool) -> torch.Tensor:

@@ -112,7 +112,9 @@ class InfinityTransformer(nn.Module):
         per-generation tensor, copying the kept rows so that the dropped rows' memory is released; the
         KV caches get room for `kv_tokens` tokens."""
         state.cond_BD = state.cond_BD[:rows].clone()
-        state.blocks = [cond.keep_rows(rows) for cond in state.blocks]
+        for i, cond in enumerate(state.blocks):  # in place: the old conditions go one by one
+            state.blocks[i] = cond.keep_rows(rows)
+        del cond
         state.text_mask = None if state.text_mask is None else state.text_mask[:rows].clone()
         state.head_scale1p, state.head_shift = state.head_scale1p[:rows].clone(), state.head_shift[:rows].clone()
         for cache in state.caches:  # one layer at a time: at most one layer's copy is extra

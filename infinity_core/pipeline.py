@@ -13,9 +13,10 @@ from .conditioning import TextEmbedding
 from .errors import PromptError
 from .images import decode_tiled, to_rgb01
 from .loading import pair
-from .memory import available_bytes, require_memory, sampling_bytes
+from .memory import available_bytes, require_memory
 from .sampler import SampleResult, SamplerSettings, make_generators, sample
 from .schedules import schedule_for_size
+from .speed import SpeedSettings, run_memory
 from .transformer import InfinityTransformer
 from .vae import BitwiseTokenizer
 
@@ -32,6 +33,7 @@ class GenerationRequest:
     seed: int = 0
     batch: int = 1
     settings: SamplerSettings = field(default_factory=SamplerSettings)
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
 
 
 def encode_text(text_encoder, prompt) -> TextEmbedding | None:
@@ -55,14 +57,16 @@ def generate(transformer: InfinityTransformer, tokenizer: BitwiseTokenizer, text
     if text_encoder is not None and torch.device(device).type != "cpu":
         text_encoder.to("cpu")  # its job is done: give the accelerator's memory to the sampler
     schedule = schedule_for_size(request.width, request.height, request.budget)
-    guided = any(c != 1 for c in request.settings.per_scale(schedule.num_scales)[0])
-    require_memory(sampling_bytes(transformer.config, schedule, request.batch, guided, compute_dtype),
+    settings, pruning = request.speed.apply(request.settings, schedule, transformer.config.depth)
+    if pruning is not None:
+        log.info("%s", pruning.describe(schedule))
+    require_memory(run_memory(transformer.config, schedule, request.batch, settings, compute_dtype, pruning),
                    available_bytes(device), f"sampling {request.batch} image(s) at {schedule.image_hw}",
                    hint="lower the batch size or the pixel budget")
     result: SampleResult = sample(
         transformer, text, schedule, generators=make_generators(request.seed, request.batch),
-        settings=request.settings, patchify=layout.patchify, negative=negative, batch=request.batch,
-        device=device, compute_dtype=compute_dtype, callback=callback)
+        settings=settings, patchify=layout.patchify, negative=negative, batch=request.batch,
+        device=device, compute_dtype=compute_dtype, callback=callback, pruning=pruning)
     latent = result.summed_codes.to(device)
     decoded = decode_tiled(tokenizer, latent, tile) if tile else tokenizer.decode(latent)
     return to_rgb01(decoded), result

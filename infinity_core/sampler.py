@@ -12,7 +12,7 @@ Shape legend: B images, N = tokens x bits of a scale, d_t bits per token, d bits
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -67,16 +67,6 @@ class SamplerSettings:
                                     hint=f"give one {name} value per scale, or a single number")
             return values[:n]
         return expand(self.cfg, "cfg"), expand(self.tau, "tau")
-
-    def unguided_last(self, scales: int, num_scales: int, last: int) -> "SamplerSettings":
-        """These settings with cfg 1 on the last `scales` of the first `last` scales (the ones that run)."""
-        if scales <= 0:
-            return self
-        if scales > last:
-            raise SamplingError(f"unguided last scales: {scales}, but only {last} scales run",
-                                hint=f"use 0..{last} (0 = guidance on every scale)")
-        cfg, _ = self.per_scale(num_scales)
-        return replace(self, cfg=tuple(cfg[:last - scales]) + (1.0,) * scales + tuple(cfg[last:]))
 
     def guided_scales(self, n: int) -> int:
         """How many leading scales of a run of n run the unconditional half (0 = none)."""

@@ -13,6 +13,7 @@ from infinity_core.random_models import random_transformer
 from infinity_core.rope import rope_table
 from infinity_core.sampler import SamplerSettings, make_generators, sample
 from infinity_core.schedules import ScaleSchedule
+from infinity_core.speed import SpeedSettings, unguided_last
 from live_bytes import LiveBytes
 
 TAIL = [3.0] * 5 + [1.0, 1.0]  # 0.06M: 7 scales, the last two unguided
@@ -100,12 +101,15 @@ def test_dropped_rows_are_released_not_viewed(tiny_transformer, prompt):
 
 def test_unguided_last_scales_setting():
     settings = SamplerSettings(cfg=3.0)
-    assert settings.unguided_last(2, 7, 7).per_scale(7)[0] == [3.0] * 5 + [1.0, 1.0]
-    assert settings.unguided_last(2, 7, 5).per_scale(7)[0] == [3.0] * 3 + [1.0, 1.0, 3.0, 3.0]
-    assert settings.unguided_last(0, 7, 7) is settings
-    assert settings.unguided_last(2, 7, 7).guided_scales(7) == 5
+    assert unguided_last(settings, 2, 7, 7).per_scale(7)[0] == [3.0] * 5 + [1.0, 1.0]
+    assert unguided_last(settings, 2, 7, 5).per_scale(7)[0] == [3.0] * 3 + [1.0, 1.0, 3.0, 3.0]
+    assert unguided_last(settings, 0, 7, 7) is settings
+    assert unguided_last(settings, 2, 7, 7).guided_scales(7) == 5
     with pytest.raises(SamplingError, match="HINT"):
-        settings.unguided_last(8, 7, 7)
+        unguided_last(settings, 8, 7, 7)
+    # counted among the scales that run: with FastVAR's skip, the last two of the five
+    fast, policy = SpeedSettings("fastvar", unguided_last_scales=2).apply(settings, ScaleSchedule(1.0, "0.06M"), 4)
+    assert fast.per_scale(7)[0] == [3.0, 3.0, 3.0, 1.0, 1.0, 3.0, 3.0] and policy.skip_from == 5
 
 
 def test_memory_estimate_knows_truncation():

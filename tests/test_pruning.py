@@ -199,3 +199,50 @@ def test_layer_span_of_the_released_models():
     from infinity_core.pruning import fastvar_layers
     assert fastvar_layers(INFINITY_PRESETS["infinity_2b"].depth) == (3, 28)
     assert fastvar_layers(INFINITY_PRESETS["infinity_8b"].depth) == (4, 35)
+
+
+def test_pipeline_and_cli_take_the_speed_settings(tiny_transformer, tiny_tokenizer, prompt, monkeypatch):
+    from infinity_core import cli, pipeline
+    from infinity_core.speed import SpeedSettings, run_memory
+    needed = []
+    monkeypatch.setattr(pipeline, "require_memory", lambda need, *a, **k: needed.append(need))
+    speed = SpeedSettings("fastvar", 0.4, 1)
+    request = pipeline.GenerationRequest(prompt, width=256, height=256, budget="0.06M", seed=2, speed=speed)
+    _, result = pipeline.generate(tiny_transformer, tiny_tokenizer, None, request)
+    settings, policy = speed.apply(request.settings, SQUARE, 4)
+    core = sample(tiny_transformer, prompt, SQUARE, generators=make_generators(2, 1), settings=settings,
+                  pruning=policy)
+    assert result.skipped == (5, 6) and torch.equal(result.summed_codes, core.summed_codes)
+    assert needed == [run_memory(tiny_transformer.config, SQUARE, 1, settings, torch.float32, policy)]
+    args = cli.build_parser().parse_args(["generate", "--prompt", "x", "--pruning", "prune", "--prune-ratio", "0.3",
+                                          "--unguided-last-scales", "2"])
+    assert (args.pruning, args.prune_ratio, args.unguided_last_scales) == ("prune", 0.3, 2)
+
+
+def test_cli_generate_with_pruning(tmp_path, tiny_files, caplog, monkeypatch):
+    import shutil
+
+    from transformers import T5Config, T5EncoderModel
+
+    from infinity_core import cli, pipeline
+    from shared_paths import TOKENIZER_DIR
+    if not (TOKENIZER_DIR / "tokenizer.json").is_file():
+        pytest.skip("shared T5 tokenizer missing")
+    torch.manual_seed(0)
+    t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=128, d_kv=32, d_ff=256, num_layers=1, num_heads=4,
+                                 feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False))
+    t5.save_pretrained(tmp_path / "t5")
+    for f in TOKENIZER_DIR.iterdir():
+        shutil.copy(f, tmp_path / "t5" / f.name)
+    seen = []
+    real = pipeline.generate
+    monkeypatch.setattr(pipeline, "generate", lambda *a, **k: seen.append(a[3]) or real(*a, **k))
+    files = tiny_files["pth"]
+    caplog.set_level("INFO")
+    assert cli.main(["generate", "--prompt", "a fox", "--transformer", str(files["transformer"]), "--vae",
+                     str(files["tokenizer"]), "--text-encoder", str(tmp_path / "t5"), "--width", "256", "--height",
+                     "256", "--budget", "0.06M", "--pruning", "fastvar", "--prune-ratio", "0.4",
+                     "--unguided-last-scales", "2", "--out", str(tmp_path / "x.png")]) == 0
+    assert (tmp_path / "x.png").is_file()
+    assert seen[0].speed == pipeline.SpeedSettings("fastvar", 0.4, 2)
+    assert "fastvar (ratio 0.4)" in caplog.text and "skipped" in caplog.text

@@ -219,30 +219,30 @@ def test_pipeline_and_cli_take_the_speed_settings(tiny_transformer, tiny_tokeniz
     assert (args.pruning, args.prune_ratio, args.unguided_last_scales) == ("prune", 0.3, 2)
 
 
-def test_cli_generate_with_pruning(tmp_path, tiny_files, caplog, monkeypatch):
-    import shutil
+def test_cli_generate_with_pruning(tmp_path, tiny_transformer, tiny_tokenizer, prompt, caplog, monkeypatch):
+    from infinity_core import cli, loading, pipeline, text_encoder
 
-    from transformers import T5Config, T5EncoderModel
+    class Encoder:
+        def encode(self, prompts):
+            return prompt
 
-    from infinity_core import cli, pipeline
-    from shared_paths import TOKENIZER_DIR
-    if not (TOKENIZER_DIR / "tokenizer.json").is_file():
-        pytest.skip("shared T5 tokenizer missing")
-    torch.manual_seed(0)
-    t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=128, d_kv=32, d_ff=256, num_layers=1, num_heads=4,
-                                 feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False))
-    t5.save_pretrained(tmp_path / "t5")
-    for f in TOKENIZER_DIR.iterdir():
-        shutil.copy(f, tmp_path / "t5" / f.name)
+        def to(self, device):
+            return self
+
+    monkeypatch.setattr(loading, "load_transformer", lambda *a, **k: tiny_transformer)
+    monkeypatch.setattr(loading, "load_tokenizer", lambda *a, **k: tiny_tokenizer)
+    monkeypatch.setattr(text_encoder.T5TextEncoder, "from_folder", classmethod(lambda cls, *a, **k: Encoder()))
     seen = []
     real = pipeline.generate
     monkeypatch.setattr(pipeline, "generate", lambda *a, **k: seen.append(a[3]) or real(*a, **k))
-    files = tiny_files["pth"]
+    for name in ("t.pth", "v.pth"):
+        (tmp_path / name).touch()
+    (tmp_path / "t5").mkdir()
     caplog.set_level("INFO")
-    assert cli.main(["generate", "--prompt", "a fox", "--transformer", str(files["transformer"]), "--vae",
-                     str(files["tokenizer"]), "--text-encoder", str(tmp_path / "t5"), "--width", "256", "--height",
+    assert cli.main(["generate", "--prompt", "a fox", "--transformer", str(tmp_path / "t.pth"), "--vae",
+                     str(tmp_path / "v.pth"), "--text-encoder", str(tmp_path / "t5"), "--width", "256", "--height",
                      "256", "--budget", "0.06M", "--pruning", "fastvar", "--prune-ratio", "0.4",
-                     "--unguided-last-scales", "2", "--out", str(tmp_path / "x.png")]) == 0
+                     "--unguided-last-scales", "2", "--device", "cpu", "--out", str(tmp_path / "x.png")]) == 0
     assert (tmp_path / "x.png").is_file()
     assert seen[0].speed == pipeline.SpeedSettings("fastvar", 0.4, 2)
     assert "fastvar (ratio 0.4)" in caplog.text and "skipped" in caplog.text

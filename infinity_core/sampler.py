@@ -198,35 +198,25 @@ def sample(
                             kv_scales=guided_until if 0 < guided_until < n_net else None)
     try:
         x, summed, bits_out, logits_out, skipped = model.start_tokens(state), 0, [], [], []
-        for si in range(n):
+        for si in range(n_net):
             cfg, tau = cfg_list[si], tau_list[si]
-            forced = _as_token_bits(teacher_bits[si], patchify) if si < len(teacher_bits) else None
-            if si >= n_net:
-                # A skipped scale (FastVAR's "100% pruning") draws nothing and adds only tokens forced by
-                # the teacher (image-to-image); a per-token teacher mask would add just its forced tokens'
-                # codes here. With none, the scale contributes nothing: neither codes nor bits.
-                if forced is None:
-                    skipped.append(si)
-                    continue
-                bits = forced.to(device=device, dtype=torch.uint8)
+            guided = state.rows > B
+            mix = lambda h, cfg=cfg: torch.cat([cfg * h[:B] + (1 - cfg) * h[B:]] * 2)  # noqa: E731
+            layers = mix_layers if cfg != 1 and guided else frozenset()
+            hidden = model.forward_scale(x, si, state, mix_after_layers=layers, mix=mix, pruning=pruning)
+            if cfg != 1 and on_logits and guided:
+                logits = model.logits(hidden, state).mul(1 / tau)
+                logits = cfg * logits[:B] + (1 - cfg) * logits[B:]
             else:
-                guided = state.rows > B
-                mix = lambda h, cfg=cfg: torch.cat([cfg * h[:B] + (1 - cfg) * h[B:]] * 2)  # noqa: E731
-                layers = mix_layers if cfg != 1 and guided else frozenset()
-                hidden = model.forward_scale(x, si, state, mix_after_layers=layers, mix=mix, pruning=pruning)
-                if cfg != 1 and on_logits and guided:
-                    logits = model.logits(hidden, state).mul(1 / tau)
-                    logits = cfg * logits[:B] + (1 - cfg) * logits[B:]
-                else:
-                    logits = model.logits(hidden[:B], state, rows=slice(0, B)).mul(1 / tau)
-                del hidden
-                logits = logits.reshape(B, -1, 2)
-                if record_logits:
-                    logits_out.append(logits.clone())
-                probs = mask_logits_(logits, settings.top_k, settings.top_p).softmax(dim=-1)
-                bits = draw_bits(probs, generators).view(B, schedule.tokens_per_scale[si], -1).to(torch.uint8)
-                if forced is not None:
-                    bits = forced.to(device=bits.device, dtype=torch.uint8)
+                logits = model.logits(hidden[:B], state, rows=slice(0, B)).mul(1 / tau)
+            del hidden
+            logits = logits.reshape(B, -1, 2)
+            if record_logits:
+                logits_out.append(logits.clone())
+            probs = mask_logits_(logits, settings.top_k, settings.top_p).softmax(dim=-1)
+            bits = draw_bits(probs, generators).view(B, schedule.tokens_per_scale[si], -1).to(torch.uint8)
+            if si < len(teacher_bits):
+                bits = _as_token_bits(teacher_bits[si], patchify).to(device=bits.device, dtype=torch.uint8)
             codes = bits_to_codes(token_bits_to_vae(bits, schedule.grids[si], patchify))
             summed = summed + upsample_codes(codes, final_HW)
             if si + 1 == guided_until < n_net:  # guidance truncation: cfg is 1 from here on
@@ -234,6 +224,19 @@ def sample(
             if si + 1 < n_net:
                 x = model.embed_bits(next_scale_input(summed, vae_grids[si + 1], patchify), state)
                 x = x.repeat(state.rows // B, 1, 1)
+            bits_out.append(bits)
+            if callback is not None:
+                callback(ScaleProgress(si, total, bits, summed))
+        for si in range(n_net, n):
+            # A skipped scale (FastVAR's "100% pruning", always the last ones) draws nothing and adds only
+            # what the teacher forces (image-to-image); a per-token teacher mask would add just its forced
+            # tokens' codes here. Without a teacher it contributes nothing: neither codes nor bits.
+            if si >= len(teacher_bits):
+                skipped.append(si)
+                continue
+            bits = _as_token_bits(teacher_bits[si], patchify).to(device=device, dtype=torch.uint8)
+            summed = summed + upsample_codes(bits_to_codes(token_bits_to_vae(bits, schedule.grids[si], patchify)),
+                                             final_HW)
             bits_out.append(bits)
             if callback is not None:
                 callback(ScaleProgress(si, total, bits, summed))

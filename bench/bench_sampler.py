@@ -144,7 +144,9 @@ def main(argv=None):
     p.add_argument("--max-time", type=float, default=60.0, help="stop repeating long cases after this many seconds")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--include-slow", action="store_true", help="also run 2b at 0.25M and above")
-    p.add_argument("--quick", action="store_true", help="skip the extra untimed run that measures peak tensors")
+    p.add_argument("--quick", action="store_true", help="skip the extra untimed run that measures peak tensors, "
+                   "and the warm-up pair of the paired runs (for the slow cases)")
+    p.add_argument("--pairs", type=int, default=0, help="minimum alternating ours/reference pairs (default: --repeats)")
     p.add_argument("--reference-repo", default=None,
                    help="local checkout of FoundationVision/Infinity: also time its loop on the same weights "
                         "(bench/reference_timing.py), case by case, in the same run")
@@ -178,7 +180,7 @@ def main(argv=None):
     for size, budget in cases:
         spec = dict(size=size, budget=budget, device=args.device, dtype=args.dtype, repeats=args.repeats,
                     min_time=args.min_time, max_time=args.max_time, threads=args.threads,
-                    quick=args.quick)
+                    quick=args.quick, pairs=args.pairs or args.repeats)
         case = []
         for mode in modes:
             print(f"[bench] ours {size} {budget} {mode} ...", file=sys.stderr, flush=True)

@@ -282,7 +282,10 @@ def run_case(spec: dict, repo: str) -> dict:
                 last["ref"] = vae.quantizer.lfq.record
 
             print(f"[reference] paired with ours, {mode} ...", file=sys.stderr, flush=True)
-            pair = common.paired_runs(run_ours, run_ref, device, spec["repeats"], spec["min_time"], spec["max_time"])
+            # at least `pairs` pairs however long they take: one pair is no measurement on a busy host
+            # (--quick: no warm-up pair; the reference is warm from its own timing, ours pays its first run)
+            pair = common.paired_runs(run_ours, run_ref, device, spec.get("pairs", spec["repeats"]), spec["min_time"],
+                                      float("inf"), warmup=0 if spec.get("quick") else 1)
             out["paired"] = dict(pair, speedup_median=pair["ratio_median"],
                                  note="t_reference / t_ours per alternating pair, same process and weights")
             out["bits_agreement"] = bits_agreement(last["ref"], last["ours"], schedule)
@@ -322,6 +325,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--include-slow", action="store_true", help="also run 2b at 0.25M and above")
     p.add_argument("--quick", action="store_true", help="skip the extra untimed run that measures peak tensors")
+    p.add_argument("--pairs", type=int, default=0, help="minimum alternating ours/reference pairs (default: --repeats)")
     p.add_argument("--modes", default="exact", help="comma list of: " + ",".join(common.MODES))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -341,7 +345,7 @@ def main(argv=None):
                 continue
             spec = dict(size=size, budget=budget, device=args.device, dtype=args.dtype, repeats=args.repeats,
                         min_time=args.min_time, max_time=args.max_time, threads=args.threads,
-                        quick=args.quick)
+                        quick=args.quick, pairs=args.pairs or args.repeats)
             print(f"[reference] {size} {budget} ...", file=sys.stderr, flush=True)
             r = common.run_worker([str(HERE / "reference_timing.py"), "--reference-repo", args.reference_repo,
                                    "--worker", json.dumps(dict(spec, modes=modes))], env={"TORCHDYNAMO_DISABLE": "1"})

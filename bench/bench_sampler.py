@@ -85,6 +85,8 @@ def _speedup(r: dict, ref: dict | None) -> str:
     text = f"{ref['s_per_image'] / r['s_per_image']:.2f}x"
     if ref.get("paired"):
         text += f" / {ref['paired']['speedup_median']:.2f}x"
+        if "cpu_ratio_median" in ref["paired"]:
+            text += f" / {ref['paired']['cpu_ratio_median']:.2f}x"
     return text
 
 
@@ -103,7 +105,8 @@ def fmt_row(r: dict, ref: dict | None = None) -> str:
 
 TABLE_HEAD = ("| model | budget | mode | impl | s/image | runs | tokens/s | GFLOP/image (run) | GFLOP/s | "
               "% of peak (torch.mm / best) | % of local probe | peak mem GiB | peak tensors GiB | estimate GiB | "
-              "exact bound GiB | peak/bound (RSS / tensors) | speed-up vs ref, same cfg list (separate / paired) |\n"
+              "exact bound GiB | peak/bound (RSS / tensors) | speed-up vs ref, same cfg list (separate / paired wall / "
+              "paired CPU time) |\n"
               "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
@@ -127,7 +130,7 @@ def print_table(results: list[dict]) -> str:
                      "% of peak = GFLOP / s / matmul FLOP/s measured in the same process (torch.mm = MKL sgemm; "
                      "best = max of torch.mm and oneDNN); % of local probe = the same against 1024^3 matmul probes "
                      "right before/after each run; paired speed-up = median t_ref / t_ours of alternating runs "
-                     "in one process (reference_timing.py)")
+                     "in one process (reference_timing.py), by wall time and by process CPU time")
     text = "\n".join(lines)
     print(text, flush=True)
     return text

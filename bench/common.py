@@ -350,23 +350,27 @@ def paired_runs(fn_a, fn_b, device: str, repeats: int, min_time: float, max_time
     for _ in range(warmup):
         fn_a(), fn_b()
         _sync(device)
-    ta, tb, spent = [], [], 0.0
+    ta, tb, ca, cb, spent = [], [], [], [], 0.0
     while True:
         order = (("a", fn_a), ("b", fn_b)) if len(ta) % 2 == 0 else (("b", fn_b), ("a", fn_a))
-        pair = {}
+        pair, cpu = {}, {}
         for name, fn in order:
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             _sync(device)
-            pair[name] = time.perf_counter() - t0
-        ta.append(pair["a"]), tb.append(pair["b"])
+            pair[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
+        ta.append(pair["a"]), tb.append(pair["b"]), ca.append(cpu["a"]), cb.append(cpu["b"])
         spent += pair["a"] + pair["b"]
         if _enough(len(ta), spent, pair["a"] + pair["b"], repeats, min_time, max_time):
             break
     ratios = [b / a for a, b in zip(ta, tb)]
+    # CPU-time ratios too: on a host shared with other jobs a run is descheduled for seconds at a time,
+    # which wall time counts and process CPU time (all threads of this process) does not
+    cpu_ratios = [b / a for a, b in zip(ca, cb)]
     return dict(ratio_median=statistics.median(ratios), ratios=ratios, times_a=ta, times_b=tb,
-                median_a=statistics.median(ta), median_b=statistics.median(tb))
+                median_a=statistics.median(ta), median_b=statistics.median(tb), cpu_a=ca, cpu_b=cb,
+                cpu_ratios=cpu_ratios, cpu_ratio_median=statistics.median(cpu_ratios))
 
 
 def measure(run, *, spec: dict, config: InfinityConfig, schedule: ScaleSchedule, text_tokens: int,

@@ -356,6 +356,7 @@ def main(argv=None):
     for r in results:
         if r.get("paired"):
             print(f"{r['size']} {r['budget']} {r['mode']}: paired t_reference / t_ours = {r['paired']['speedup_median']:.3f} "
+                  f"(CPU time: {r['paired'].get('cpu_ratio_median', float('nan')):.3f}) "
                   f"(ours {r['paired']['median_a']:.4g} s, reference {r['paired']['median_b']:.4g} s)")
         if r.get("bits_agreement"):
             print(f"{r['size']} {r['budget']} {r['mode']}: bits equal to ours per scale "

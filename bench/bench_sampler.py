@@ -6,8 +6,11 @@ bound "weights + theoretical KV cache + 10%".
     python bench/bench_sampler.py --sizes tiny,layer12 --budgets 0.06M --repeats 5
     python bench/bench_sampler.py --include-slow                   # also 2b at 0.25M (~2 min per run on 2 cores)
     python bench/bench_sampler.py --reference-repo ~/src/Infinity  # same cases through the reference, same run
+    python bench/bench_sampler.py --modes exact,truncated,fastvar,prune --budgets 0.25M,1M --reference-repo R
 
-Every case runs in a fresh interpreter (sequentially), so peak RSS is per case and the 2B model's
+Modes (common.MODES): exact; truncated = cfg 1 on the last two scales (our sampler then drops the
+unconditional half; the reference gets the same cfg list and still computes it); fastvar / prune =
+token pruning presets (the reference runs unpruned, cfg 3). Every case runs in a fresh interpreter (sequentially), so peak RSS is per case and the 2B model's
 ~9 GiB is freed before the next one. Only the loop is timed: no T5, no VAE decode. B = 1, cfg 3,
 tau 0.5, top_p 0.97, ~32 random text tokens, square template, one warm-up run, median of the
 timed runs. Results: a markdown table on stdout and bench/results/<timestamp>.json.
@@ -29,8 +32,15 @@ SLOW_CASES = {("2b", "0.25M"), ("2b", "0.60M"), ("2b", "1M")}
 
 
 # ---- worker: one case, in its own process -----------------------------------------------------------
+def ours_flops(config, schedule, settings, policy, text_tokens: int) -> dict:
+    run = policy.scales_run(schedule.num_scales) if policy is not None else schedule.num_scales
+    guided = settings.guided_scales(run)
+    return common.model_flops(config, schedule, text_tokens, guided=guided > 0, guided_scales=guided, pruning=policy)
+
+
 def run_case(spec: dict) -> dict:
-    from infinity_core.sampler import SamplerSettings, make_generators, sample
+    from infinity_core.sampler import make_generators, sample
+    from infinity_core.speed import run_memory
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -46,73 +56,81 @@ def run_case(spec: dict) -> dict:
     weights = common.tensor_bytes(model.state_dict().values())
     schedule = common.schedule_for(spec["budget"])
     text = common.text_embedding(config)
-    settings = SamplerSettings(**common.SAMPLER)
+    mode = spec.get("mode", "exact")
+    settings, policy, cfg_list = common.mode_setup(mode, config, schedule)
     gen_device = device if torch.device(device).type == "cuda" else "cpu"
 
     def run():
         return sample(model, text, schedule, generators=make_generators(0, 1, device=gen_device), settings=settings,
-                      device=device, compute_dtype=dtype)
+                      device=device, compute_dtype=dtype, pruning=policy)
 
     out = dict(
-        impl="ours", size=spec["size"], budget=spec["budget"], device=device, dtype=spec["dtype"], source=source,
+        impl="ours", mode=mode, cfg_list=cfg_list, pruning=policy.describe(schedule) if policy else None,
+        size=spec["size"], budget=spec["budget"], device=device, dtype=spec["dtype"], source=source,
         config=dict(depth=config.depth, embed_dim=config.embed_dim, heads=config.num_heads, mlp=config.mlp_hidden,
                     bits=config.bits_per_token, text_channels=config.text_channels),
         params=sum(p.numel() for p in model.parameters()), build_s=build_s)
     out.update(common.measure(run, spec=spec, config=config, schedule=schedule, text_tokens=text.lens[0],
                               weights_bytes=weights, baseline_rss=baseline_rss, imports_rss=imports_rss,
-                              peak_before=peak))
+                              peak_before=peak, flops=ours_flops(config, schedule, settings, policy, text.lens[0]),
+                              estimate_bytes=run_memory(config, schedule, 1, settings, dtype, policy,
+                                                        text_tokens=text.lens[0])))
     return out
 
 
 # ---- parent: cases, table, JSON ---------------------------------------------------------------------
+def _speedup(r: dict, ref: dict | None) -> str:
+    if r["impl"] != "ours" or not ref or "error" in ref:
+        return ""
+    text = f"{ref['s_per_image'] / r['s_per_image']:.2f}x"
+    if ref.get("paired"):
+        text += f" / {ref['paired']['speedup_median']:.2f}x"
+        if "cpu_ratio_median" in ref["paired"]:
+            text += f" / {ref['paired']['cpu_ratio_median']:.2f}x"
+    return text
+
+
 def fmt_row(r: dict, ref: dict | None = None) -> str:
+    mode = r.get("mode", "exact")
     if "error" in r:
-        return f"| {r.get('size', '?')} | {r.get('budget', '?')} | {r.get('impl', '?')} | error: {r['error']} |"
+        return f"| {r.get('size', '?')} | {r.get('budget', '?')} | {mode} | {r.get('impl', '?')} | error: {r['error']} |"
     m = r["memory"]
-    speed = ""
-    if r["impl"] == "ours" and ref and "error" not in ref:
-        speed = f"{ref['s_per_image'] / r['s_per_image']:.2f}x"
-        if ref.get("paired"):
-            speed += f" / {ref['paired']['speedup_median']:.2f}x"
-    return (f"| {r['size']} | {r['budget']} | {r['impl']} | {r['s_per_image']:.4g} | {r['timing']['runs']} | "
+    return (f"| {r['size']} | {r['budget']} | {mode} | {r['impl']} | {r['s_per_image']:.4g} | {r['timing']['runs']} | "
             f"{r['tokens_per_s']:.4g} | {r['flops']['total'] / 1e9:.4g} | {r['flops_per_s'] / 1e9:.4g} | "
-            f"{r['matmul']['peak_torch_mm'] / 1e9:.4g} / {r['matmul']['peak'] / 1e9:.4g} | "
             f"{100 * r['frac_of_torch_mm_peak']:.0f}% / {100 * r['frac_of_peak']:.0f}% | "
             f"{100 * r.get('frac_of_local_peak', float('nan')):.0f}% | {common.gib(m['peak'])} | "
-            f"{common.gib(m['process_peak_rss'])} | {common.gib(m.get('peak_tensors'))} | {common.gib(m['bound'])} | "
-            f"{m['peak_over_bound']:.2f} / {m.get('tensors_over_bound', float('nan')):.2f} | {speed} |")
+            f"{common.gib(m.get('peak_tensors'))} | {common.gib(m.get('estimate'))} | {common.gib(m['bound'])} | "
+            f"{m['peak_over_bound']:.2f} / {m.get('tensors_over_bound', float('nan')):.2f} | {_speedup(r, ref)} |")
 
 
-TABLE_HEAD = ("| model | budget | impl | s/image | runs | tokens/s | GFLOP/image | GFLOP/s | "
-              "mm peak GFLOP/s (torch.mm / best) | % of peak (torch.mm / best) | % of local probe | peak mem GiB | "
-              "process peak RSS GiB | peak tensors GiB | bound GiB | peak/bound (RSS / tensors) | "
-              "speed-up vs ref (separate / paired) |\n"
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+TABLE_HEAD = ("| model | budget | mode | impl | s/image | runs | tokens/s | GFLOP/image (run) | GFLOP/s | "
+              "% of peak (torch.mm / best) | % of local probe | peak mem GiB | peak tensors GiB | estimate GiB | "
+              "exact bound GiB | peak/bound (RSS / tensors) | speed-up vs ref, same cfg list (separate / paired wall / "
+              "paired CPU time) |\n"
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def print_table(results: list[dict]) -> str:
     lines = [TABLE_HEAD]
-    by_case: dict[tuple, dict] = {}
+    refs = {(r.get("size"), r.get("budget"), r.get("mode", "exact")): r for r in results if r.get("impl") == "reference"}
     for r in results:
-        if r.get("impl") == "reference":
-            by_case[(r.get("size"), r.get("budget"))] = r
-    for r in results:
-        lines.append(fmt_row(r, by_case.get((r.get("size"), r.get("budget")))))
+        lines.append(fmt_row(r, refs.get((r.get("size"), r.get("budget"), r.get("mode", "exact")))))
     first = next((r for r in results if "error" not in r), None)
     if first:
         lines.append("")
         loads = [r["loadavg_1min"]["before"] for r in results if "loadavg_1min" in r]
         lines.append(f"machine: {first['machine']}; dtype {first['dtype']}; device {first['device']}; "
                      f"1-min load average before the cases: {', '.join(f'{x:.1f}' for x in loads)}")
-        lines.append("peak mem = " + first["memory"]["peak_kind"] + "; peak tensors = weights + the most bytes "
-                     "of tensors the sampler held at once (one extra run under tests/live_bytes.py's tracker; CPU)"
-                     "; bound = 1.1 x (weights + KV cache "
-                     "2 x layers x tokens x C x 2 in the compute dtype); % of peak = model FLOPs (bench/common.py "
-                     "model_flops) / s / matmul FLOP/s measured in the same process (torch.mm = MKL sgemm; best = max "
-                     "of torch.mm and oneDNN, common.matmul_peak); % of local probe = median over runs of the same "
-                     "against 1024^3 matmul probes (best kernel) taken right before/after each run (the host's "
-                     "speed drifts 2-3x); paired speed-up = median t_ref / t_ours of alternating runs in one "
-                     "process (reference_timing.py)")
+        lines.append("modes: " + "; ".join(f"{k} = {v}" for k, v in common.MODES.items()) + " (the reference runs "
+                     "the same cfg list, unpruned). tokens/s = the schedule's tokens / s (skipped scales count: "
+                     "image throughput); GFLOP = the work that mode runs (bench/common.py model_flops); "
+                     "peak mem = " + first["memory"]["peak_kind"] + "; peak tensors = weights + the most bytes "
+                     "of tensors the sampler held at once (tests/live_bytes.py, CPU); estimate = weights + "
+                     "infinity_core.speed.run_memory; exact bound = 1.1 x (weights + KV cache of the exact run); "
+                     "% of peak = GFLOP / s / matmul FLOP/s measured in the same process (torch.mm = MKL sgemm; "
+                     "best = max of torch.mm and oneDNN); % of local probe = the same against 1024^3 matmul probes "
+                     "right before/after each run; paired speed-up = median t_ref / t_ours of alternating runs "
+                     "in one process (reference_timing.py), by wall time and by process CPU time")
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -129,9 +147,14 @@ def main(argv=None):
     p.add_argument("--max-time", type=float, default=60.0, help="stop repeating long cases after this many seconds")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--include-slow", action="store_true", help="also run 2b at 0.25M and above")
+    p.add_argument("--quick", action="store_true", help="skip the extra untimed run that measures peak tensors, "
+                   "and the warm-up pair of the paired runs (for the slow cases)")
+    p.add_argument("--pairs", type=int, default=0, help="minimum alternating ours/reference pairs (default: --repeats)")
     p.add_argument("--reference-repo", default=None,
                    help="local checkout of FoundationVision/Infinity: also time its loop on the same weights "
                         "(bench/reference_timing.py), case by case, in the same run")
+    p.add_argument("--modes", default="exact", help="comma list of: " + ",".join(common.MODES)
+                   + " (exact; cfg 1 on the last two scales; FastVAR's setting; pruning without skip)")
     p.add_argument("--no-json", action="store_true", help="do not write bench/results/<timestamp>.json")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -147,6 +170,10 @@ def main(argv=None):
     for s in sizes:
         if s not in common.SIZES:
             p.error(f"unknown size {s!r}; use {list(common.SIZES)}")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in common.MODES:
+            p.error(f"unknown mode {m!r}; use {list(common.MODES)}")
     cases = [(s, b) for s in sizes for b in budgets if args.include_slow or (s, b) not in SLOW_CASES]
     skipped = [(s, b) for s in sizes for b in budgets if (s, b) not in cases]
     if skipped:
@@ -155,25 +182,32 @@ def main(argv=None):
     results = []
     for size, budget in cases:
         spec = dict(size=size, budget=budget, device=args.device, dtype=args.dtype, repeats=args.repeats,
-                    min_time=args.min_time, max_time=args.max_time, threads=args.threads)
-        print(f"[bench] ours {size} {budget} ...", file=sys.stderr, flush=True)
-        r = common.run_worker([str(HERE / "bench_sampler.py"), "--worker", json.dumps(spec)])
-        r.setdefault("impl", "ours"), r.setdefault("size", size), r.setdefault("budget", budget)
-        results.append(r)
+                    min_time=args.min_time, max_time=args.max_time, threads=args.threads,
+                    quick=args.quick, pairs=args.pairs or args.repeats)
+        case = []
+        for mode in modes:
+            print(f"[bench] ours {size} {budget} {mode} ...", file=sys.stderr, flush=True)
+            r = common.run_worker([str(HERE / "bench_sampler.py"), "--worker", json.dumps(dict(spec, mode=mode))])
+            r.setdefault("impl", "ours"), r.setdefault("size", size), r.setdefault("budget", budget)
+            r.setdefault("mode", mode)
+            case.append(r)
         if args.reference_repo:
-            print(f"[bench] reference {size} {budget} ...", file=sys.stderr, flush=True)
+            print(f"[bench] reference {size} {budget} {','.join(modes)} ...", file=sys.stderr, flush=True)
             rr = common.run_worker([str(HERE / "reference_timing.py"), "--reference-repo", args.reference_repo,
-                                    "--worker", json.dumps(spec)], env={"TORCHDYNAMO_DISABLE": "1"})
-            rr.setdefault("impl", "reference"), rr.setdefault("size", size), rr.setdefault("budget", budget)
-            results.append(rr)
-        for x in results[-2 if args.reference_repo else -1:]:
+                                    "--worker", json.dumps(dict(spec, modes=modes))], env={"TORCHDYNAMO_DISABLE": "1"})
+            case += rr["per_mode"] if "per_mode" in rr else [dict(rr, impl="reference", size=size, budget=budget,
+                                                                     mode=mode) for mode in modes]
+        for x in case:
             if "error" in x:
-                print(f"[bench] {x['impl']} {size} {budget} failed: {x['error']}\n{x.get('output_tail', '')}",
-                      file=sys.stderr)
+                print(f"[bench] {x['impl']} {size} {budget} {x['mode']} failed: {x['error']}\n"
+                      f"{x.get('output_tail', '')}", file=sys.stderr)
             else:
-                print(f"[bench]   {x['impl']}: {x['s_per_image']:.4g} s/image, "
-                      f"{100 * x['frac_of_torch_mm_peak']:.0f}% of torch.mm peak, {100 * x['frac_of_peak']:.0f}% of "
-                      f"best peak, peak mem {common.gib(x['memory']['peak'])} GiB", file=sys.stderr, flush=True)
+                print(f"[bench]   {x['impl']} {x['mode']}: {x['s_per_image']:.4g} s/image, "
+                      f"{100 * x['frac_of_torch_mm_peak']:.0f}% of torch.mm peak, peak mem "
+                      f"{common.gib(x['memory']['peak'])} GiB"
+                      + (f", paired speed-up {x['paired']['speedup_median']:.2f}x" if x.get("paired") else ""),
+                      file=sys.stderr, flush=True)
+        results += case
 
     table = print_table(results)
     if not args.no_json:

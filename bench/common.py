@@ -36,6 +36,13 @@ TEXT_SEED = 21      # text features
 TEXT_TOKENS = 32    # ~ a short T5 prompt
 SAMPLER = dict(cfg=3.0, tau=0.5, top_k=0, top_p=0.97)   # the released scripts' settings (B = 1)
 TEMPLATE = 1.0      # square images
+# what our sampler runs (infinity_core.speed.SpeedSettings fields); the reference gets the same cfg list
+MODES = {
+    "exact": dict(pruning="off", unguided_last_scales=0),
+    "truncated": dict(pruning="off", unguided_last_scales=2),   # cfg 1 on the last two scales
+    "fastvar": dict(pruning="fastvar", unguided_last_scales=0),  # FastVAR's setting: prune 2 scales, skip 2
+    "prune": dict(pruning="prune", unguided_last_scales=0),      # prune the last 4 scales, skip none
+}
 
 
 # ---- models and inputs ---------------------------------------------------------------------------
@@ -75,9 +82,17 @@ def schedule_for(budget: str) -> ScaleSchedule:
     return ScaleSchedule(TEMPLATE, budget)
 
 
+def mode_setup(mode: str, config: InfinityConfig, schedule: ScaleSchedule):
+    """(our SamplerSettings, our pruning policy, the reference's cfg list) of a benchmark mode."""
+    from infinity_core.sampler import SamplerSettings
+    from infinity_core.speed import SpeedSettings
+    settings, policy = SpeedSettings(**MODES[mode]).apply(SamplerSettings(**SAMPLER), schedule, config.depth)
+    return settings, policy, settings.per_scale(schedule.num_scales)[0]
+
+
 # ---- FLOPs ---------------------------------------------------------------------------------------
 def model_flops(config: InfinityConfig, schedule: ScaleSchedule, text_tokens: int, batch: int = 1,
-                guided: bool = True) -> dict[str, float]:
+                guided: bool = True, guided_scales: int | None = None, pruning=None) -> dict[str, float]:
     """Multiply-adds x 2 of one image's sampling loop (the work any implementation must do).
 
     Notation: R = rows = 2B with CFG (B without), N layers, C width, M MLP width, d bits per token,
@@ -97,23 +112,32 @@ def model_flops(config: InfinityConfig, schedule: ScaleSchedule, text_tokens: in
 
     Norms, RoPE, softmax and sampling are not counted (O(L C), negligible next to the above). The
     reference recomputes the text keys/values at every scale (`reference_extra`), which is not counted
-    as useful work.
+    as useful work. What our faster modes run instead: with `guided_scales` = g, R = B from scale g on
+    (and the head on B rows); with `pruning`, skipped scales cost nothing and in a pruned layer L_s is
+    the kept count and K_s counts that layer's kept keys.
     """
     N, C, M, d = config.depth, config.embed_dim, config.mlp_hidden, config.bits_per_token
     T, Ct = text_tokens, config.text_channels
-    R = batch * (2 if guided else 1)
+    R0 = batch * (2 if guided else 1)
+    g = len(schedule.tokens_per_scale) if guided_scales is None else guided_scales
     linear = attn = cross = head = embed = 0.0
-    K = 0
     tokens = schedule.tokens_per_scale
+    run = pruning.scales_run(len(tokens)) if pruning is not None else len(tokens)
+    keys = [0] * N  # keys each layer holds
     per_scale = []
-    for s, L in enumerate(tokens):
-        K += L
-        scale = dict(linear=R * N * 2 * L * (6 * C * C + 2 * C * M), attn=R * N * 4 * L * K * C,
-                     cross=R * N * 4 * L * T * C, head=R * 2 * L * C * 2 * d,
-                     embed=batch * 2 * tokens[s + 1] * d * C if s + 1 < len(tokens) else 0)
+    for s, L in enumerate(tokens[:run]):
+        R = R0 if s < g else batch
+        plan = pruning.plan(s) if pruning is not None else None
+        computed = [plan.keep(L) if plan is not None and plan.prunes(i) else L for i in range(N)]
+        keys = [k + c for k, c in zip(keys, computed)]
+        scale = dict(linear=R * 2 * sum(computed) * (6 * C * C + 2 * C * M),
+                     attn=R * 4 * C * sum(c * k for c, k in zip(computed, keys)),
+                     cross=R * 4 * sum(computed) * T * C, head=(R if s < g else batch) * 2 * L * C * 2 * d,
+                     embed=batch * 2 * tokens[s + 1] * d * C if s + 1 < run else 0)
         linear, attn, cross = linear + scale["linear"], attn + scale["attn"], cross + scale["cross"]
         head, embed = head + scale["head"], embed + scale["embed"]
         per_scale.append(float(sum(scale.values())))
+    R = R0
     text = R * (2 * T * (Ct * C + C * C) + 2 * T * Ct * 2 * C + 2 * C * C + N * 2 * T * C * 2 * C
                 + 2 * C * 6 * C + 2 * C * 2 * C)
     total = linear + attn + cross + head + embed + text
@@ -326,28 +350,35 @@ def paired_runs(fn_a, fn_b, device: str, repeats: int, min_time: float, max_time
     for _ in range(warmup):
         fn_a(), fn_b()
         _sync(device)
-    ta, tb, spent = [], [], 0.0
+    ta, tb, ca, cb, spent = [], [], [], [], 0.0
     while True:
         order = (("a", fn_a), ("b", fn_b)) if len(ta) % 2 == 0 else (("b", fn_b), ("a", fn_a))
-        pair = {}
+        pair, cpu = {}, {}
         for name, fn in order:
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             _sync(device)
-            pair[name] = time.perf_counter() - t0
-        ta.append(pair["a"]), tb.append(pair["b"])
+            pair[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
+        ta.append(pair["a"]), tb.append(pair["b"]), ca.append(cpu["a"]), cb.append(cpu["b"])
         spent += pair["a"] + pair["b"]
         if _enough(len(ta), spent, pair["a"] + pair["b"], repeats, min_time, max_time):
             break
     ratios = [b / a for a, b in zip(ta, tb)]
+    # CPU-time ratios too: on a host shared with other jobs a run is descheduled for seconds at a time,
+    # which wall time counts and process CPU time (all threads of this process) does not
+    cpu_ratios = [b / a for a, b in zip(ca, cb)]
     return dict(ratio_median=statistics.median(ratios), ratios=ratios, times_a=ta, times_b=tb,
-                median_a=statistics.median(ta), median_b=statistics.median(tb))
+                median_a=statistics.median(ta), median_b=statistics.median(tb), cpu_a=ca, cpu_b=cb,
+                cpu_ratios=cpu_ratios, cpu_ratio_median=statistics.median(cpu_ratios))
 
 
 def measure(run, *, spec: dict, config: InfinityConfig, schedule: ScaleSchedule, text_tokens: int,
-            weights_bytes: int, baseline_rss: int, peak_before: dict, imports_rss: int | None = None) -> dict:
-    """Time `run` (see `time_runs`, with matmul probes), read its peak memory, and derive the rates."""
+            weights_bytes: int, baseline_rss: int, peak_before: dict, imports_rss: int | None = None,
+            flops: dict | None = None, estimate_bytes: int | None = None) -> dict:
+    """Time `run` (see `time_runs`, with matmul probes), read its peak memory, and derive the rates.
+    `flops`: the work this run does (default: `model_flops` of the full guided loop); `estimate_bytes`:
+    the core's working-memory estimate, reported next to the peak (weights added)."""
     device, dtype = spec["device"], DTYPES[spec["dtype"]]
     is_cuda = torch.device(device).type == "cuda"
     if is_cuda:
@@ -376,11 +407,13 @@ def measure(run, *, spec: dict, config: InfinityConfig, schedule: ScaleSchedule,
         mem["peak"] = process_peak - baseline_rss
         mem["peak_kind"] = "process peak RSS minus RSS before building the model"
     mem["peak_over_bound"] = mem["peak"] / mem["bound"]
-    if not is_cuda:  # what the sampler itself holds, without the allocator's and libraries' slack
+    if estimate_bytes is not None:
+        mem["estimate"] = weights_bytes + estimate_bytes
+    if not is_cuda and not spec.get("quick"):  # what the sampler itself holds, without the allocator's slack
         mem["peak_tensors"] = weights_bytes + live_tensor_peak(run)
         mem["tensors_over_bound"] = mem["peak_tensors"] / mem["bound"]
 
-    flops = model_flops(config, schedule, text_tokens)
+    flops = flops or model_flops(config, schedule, text_tokens)
     local = [flops["total"] / t / p for t, p in zip(timing["times"], timing["local_peaks"])]
     return dict(
         tokens=schedule.num_tokens, scales=schedule.num_scales, text_tokens=text_tokens, timing=timing,

@@ -29,6 +29,7 @@ def main(argv=None):
     p.add_argument("--budget", default="0.06M")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=list(common.DTYPES))
+    p.add_argument("--mode", default="exact", choices=list(common.MODES), help="what our sampler runs (common.MODES)")
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--shapes", action="store_true", help="also group operators by input shapes")
@@ -36,7 +37,7 @@ def main(argv=None):
     p.add_argument("--scales-only", action="store_true", help="only the per-scale timing (no profilers)")
     args = p.parse_args(argv)
 
-    from infinity_core.sampler import SamplerSettings, make_generators, sample
+    from infinity_core.sampler import make_generators, sample
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = args.device, common.DTYPES[args.dtype]
@@ -44,20 +45,22 @@ def main(argv=None):
     config = model.config
     schedule = common.schedule_for(args.budget)
     text = common.text_embedding(config)
-    settings = SamplerSettings(**common.SAMPLER)
+    settings, policy, _ = common.mode_setup(args.mode, config, schedule)
     gen_device = device if torch.device(device).type == "cuda" else "cpu"
     marks = []
 
     def run(callback=None):
         return sample(model, text, schedule, generators=make_generators(0, 1, device=gen_device), settings=settings,
-                      device=device, compute_dtype=dtype, callback=callback)
+                      device=device, compute_dtype=dtype, callback=callback, pruning=policy)
 
     run()
     t0 = time.perf_counter()
     run(lambda prog: marks.append(time.perf_counter()))
     total = time.perf_counter() - t0
     print(f"# {args.size} {args.budget} ({source}), {schedule.num_tokens} tokens, plain run {total:.4f} s")
-    flops = common.model_flops(config, schedule, text.lens[0])
+    run_scales = policy.scales_run(schedule.num_scales) if policy is not None else schedule.num_scales
+    flops = common.model_flops(config, schedule, text.lens[0], guided_scales=settings.guided_scales(run_scales),
+                               pruning=policy)
     peak = common.probe_peak(dtype, device)
     print(f"model {flops['total'] / 1e9:.4g} GFLOP -> {flops['total'] / total / 1e9:.4g} GFLOP/s; "
           f"1024^3 mm probe now: {peak / 1e9:.4g} GFLOP/s")

@@ -25,10 +25,12 @@ then `load_state_dict(..., assign=True)` of OUR random weights written in the re
 bits -> codes step uses a stand-in VAE exposing `quantizer.lfq.indices_to_codes(bits, 'bit_label')`
 (the reference's BSQ formula) and `quantizer.z_interplote_up = 'trilinear'` (the real one needs einops
 and a full tokenizer). The call is `gen_one_img`'s, minus the VAE decode (`ret_img=False`): B=1,
-cfg 3, tau 0.5, top_k 0, top_p 0.97, cfg_insertion_layer [0], g_seed 0.
+cfg 3 (or the cfg list of the mode: `--modes`, common.MODES), tau 0.5, top_k 0, top_p 0.97,
+cfg_insertion_layer [0], g_seed 0.
 
-For models under 1B parameters the worker also runs our sampler once on the same weights and seed and
-reports how many sampled bits agree (not all: the reference rounds cross-attention inputs to bf16).
+The worker times the reference alone once per distinct cfg list, then, per mode, alternates it with our
+sampler in that mode (same weights, seed, cfg list) and reports the paired speed-up and how many sampled
+bits agree (not all: the reference rounds cross-attention inputs to bf16; pruning changes the late scales).
 """
 from __future__ import annotations
 
@@ -239,44 +241,56 @@ def run_case(spec: dict, repo: str) -> dict:
     n = len(sched)
     autocast = torch.autocast("cuda", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
 
-    def run():
+    def run(cfg_list):
         with torch.no_grad(), autocast:
             return ref.autoregressive_infer_cfg(
                 vae=vae, scale_schedule=sched, label_B_or_BLT=text, g_seed=0, B=1, negative_label_B_or_BLT=None,
-                force_gt_Bhw=None, cfg_sc=3, cfg_list=[common.SAMPLER["cfg"]] * n,
+                force_gt_Bhw=None, cfg_sc=3, cfg_list=list(cfg_list),
                 tau_list=[common.SAMPLER["tau"]] * n, top_k=common.SAMPLER["top_k"], top_p=common.SAMPLER["top_p"],
                 returns_vemb=1, ratio_Bl1=None, gumbel=0, norm_cfg=False, cfg_exp_k=0.0, cfg_insertion_layer=[0],
                 vae_type=config.bits_per_token, softmax_merge_topk=-1, ret_img=False, trunk_scale=1000, gt_leak=0,
                 gt_ls_Bl=None, inference_mode=True, sampling_per_bits=1)
 
-    out = dict(impl="reference", size=spec["size"], budget=spec["budget"], device=device, dtype=spec["dtype"],
-               source=source, reference_repo=str(repo), reference_commit=_repo_commit(repo), stand_ins=stand_ins,
-               params=sum(p.numel() for p in ref.parameters()), build_s=build_s)
-    out.update(common.measure(run, spec=spec, config=config, schedule=schedule, text_tokens=T,
-                              weights_bytes=weights, baseline_rss=baseline_rss, imports_rss=imports_rss,
-                              peak_before=peak))
+    base = dict(impl="reference", size=spec["size"], budget=spec["budget"], device=device, dtype=spec["dtype"],
+                source=source, reference_repo=str(repo), reference_commit=_repo_commit(repo), stand_ins=stand_ins,
+                params=sum(p.numel() for p in ref.parameters()), build_s=build_s)
+    measured, per_mode = {}, []
+    gen_device = device if is_cuda else "cpu"
+    ours = ours.to(device=device, dtype=dtype)  # CPU fp32: a no-op, the storage stays shared
+    ours_text = common.text_embedding(config)
+    for mode in spec.get("modes", ["exact"]):
+        settings, policy, cfg_list = common.mode_setup(mode, config, schedule)
+        key = tuple(cfg_list)
+        if key not in measured:  # the reference alone, once per cfg list (it cannot prune)
+            print(f"[reference] cfg list {list(key)} ...", file=sys.stderr, flush=True)
+            measured[key] = common.measure(lambda: run(key), spec=spec, config=config, schedule=schedule,
+                                           text_tokens=T, weights_bytes=weights, baseline_rss=baseline_rss,
+                                           imports_rss=imports_rss, peak_before=peak)
+        out = dict(base, mode=mode, cfg_list=list(key), **measured[key])
+        if spec.get("paired", True):
+            # ours (this mode) and the reference (same cfg list) alternately, in this process, same weight tensors
+            from infinity_core.sampler import make_generators, sample
+            last = {}
 
-    if ours is not None and spec.get("paired", True):
-        # ours and the reference alternately, in this process, on the same weight tensors
-        from infinity_core.sampler import SamplerSettings, make_generators, sample
-        gen_device = device if is_cuda else "cpu"
-        ours = ours.to(device=device, dtype=dtype)  # CPU fp32: a no-op, the storage stays shared
-        ours_text, settings, last = common.text_embedding(config), SamplerSettings(**common.SAMPLER), {}
+            def run_ours():
+                last["ours"] = sample(ours, ours_text, schedule, generators=make_generators(0, 1, device=gen_device),
+                                      settings=settings, device=device, compute_dtype=dtype, pruning=policy)
 
-        def run_ours():
-            last["ours"] = sample(ours, ours_text, schedule, generators=make_generators(0, 1, device=gen_device),
-                                  settings=settings, device=device, compute_dtype=dtype)
+            def run_ref():
+                vae.quantizer.lfq.record = []  # the reference returns no bits on this path: the stand-in records them
+                run(key)
+                last["ref"] = vae.quantizer.lfq.record
 
-        def run_ref():
-            vae.quantizer.lfq.record = []  # the reference returns no bits on this path: the stand-in records them
-            run()
-            last["ref"] = vae.quantizer.lfq.record
-
-        pair = common.paired_runs(run_ours, run_ref, device, spec["repeats"], spec["min_time"], spec["max_time"])
-        out["paired"] = dict(pair, speedup_median=pair["ratio_median"],
-                             note="t_reference / t_ours per alternating pair, same process and weights")
-        out["bits_agreement"] = bits_agreement(last["ref"], last["ours"], schedule)
-    return out
+            print(f"[reference] paired with ours, {mode} ...", file=sys.stderr, flush=True)
+            # at least `pairs` pairs however long they take: one pair is no measurement on a busy host
+            # (--quick: no warm-up pair; the reference is warm from its own timing, ours pays its first run)
+            pair = common.paired_runs(run_ours, run_ref, device, spec.get("pairs", spec["repeats"]), spec["min_time"],
+                                      float("inf"), warmup=0 if spec.get("quick") else 1)
+            out["paired"] = dict(pair, speedup_median=pair["ratio_median"],
+                                 note="t_reference / t_ours per alternating pair, same process and weights")
+            out["bits_agreement"] = bits_agreement(last["ref"], last["ours"], schedule)
+        per_mode.append(out)
+    return dict(per_mode=per_mode)
 
 
 def bits_agreement(ref_bits, ours_result, schedule) -> dict:
@@ -310,6 +324,9 @@ def main(argv=None):
     p.add_argument("--max-time", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--include-slow", action="store_true", help="also run 2b at 0.25M and above")
+    p.add_argument("--quick", action="store_true", help="skip the extra untimed run that measures peak tensors")
+    p.add_argument("--pairs", type=int, default=0, help="minimum alternating ours/reference pairs (default: --repeats)")
+    p.add_argument("--modes", default="exact", help="comma list of: " + ",".join(common.MODES))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not (Path(args.reference_repo) / "infinity" / "models" / "infinity.py").exists():
@@ -320,27 +337,29 @@ def main(argv=None):
         return 0
 
     from bench_sampler import SLOW_CASES, print_table
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     results = []
     for size in args.sizes.split(","):
         for budget in args.budgets.split(","):
             if (size, budget) in SLOW_CASES and not args.include_slow:
                 continue
             spec = dict(size=size, budget=budget, device=args.device, dtype=args.dtype, repeats=args.repeats,
-                        min_time=args.min_time, max_time=args.max_time, threads=args.threads)
+                        min_time=args.min_time, max_time=args.max_time, threads=args.threads,
+                        quick=args.quick, pairs=args.pairs or args.repeats)
             print(f"[reference] {size} {budget} ...", file=sys.stderr, flush=True)
             r = common.run_worker([str(HERE / "reference_timing.py"), "--reference-repo", args.reference_repo,
-                                   "--worker", json.dumps(spec)], env={"TORCHDYNAMO_DISABLE": "1"})
-            r.setdefault("impl", "reference"), r.setdefault("size", size), r.setdefault("budget", budget)
+                                   "--worker", json.dumps(dict(spec, modes=modes))], env={"TORCHDYNAMO_DISABLE": "1"})
             if "error" in r:
                 print(r.get("output_tail", ""), file=sys.stderr)
-            results.append(r)
+            results += r.get("per_mode") or [dict(r, impl="reference", size=size, budget=budget, mode=m) for m in modes]
     print_table(results)
     for r in results:
         if r.get("paired"):
-            print(f"{r['size']} {r['budget']}: paired t_reference / t_ours = {r['paired']['speedup_median']:.3f} "
+            print(f"{r['size']} {r['budget']} {r['mode']}: paired t_reference / t_ours = {r['paired']['speedup_median']:.3f} "
+                  f"(CPU time: {r['paired'].get('cpu_ratio_median', float('nan')):.3f}) "
                   f"(ours {r['paired']['median_a']:.4g} s, reference {r['paired']['median_b']:.4g} s)")
         if r.get("bits_agreement"):
-            print(f"{r['size']} {r['budget']}: bits equal to ours per scale "
+            print(f"{r['size']} {r['budget']} {r['mode']}: bits equal to ours per scale "
                   f"{[round(x, 4) for x in r['bits_agreement']['per_scale']]}")
     return 0 if all("error" not in r for r in results) else 1
 

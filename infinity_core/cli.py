@@ -144,6 +144,7 @@ def cmd_generate(args) -> int:
     from .loading import load_tokenizer, load_transformer
     from .pipeline import GenerationRequest, generate
     from .sampler import SamplerSettings
+    from .speed import SpeedSettings
     from transformers.utils import logging as hf_logging
 
     from .text_encoder import T5TextEncoder
@@ -162,9 +163,10 @@ def cmd_generate(args) -> int:
     log.info("models loaded in %.1f s", time.perf_counter() - t0)
     settings = SamplerSettings(cfg=args.cfg, tau=args.tau, top_k=args.top_k, top_p=args.top_p,
                                cfg_insertion_layer=(args.cfg_insertion_layer,))
+    speed = SpeedSettings(args.pruning, args.prune_ratio, args.unguided_last_scales)
     request = GenerationRequest(args.prompt, args.negative_prompt, args.width, args.height, args.budget,
                                 args.seed, args.batch, settings, image=image, mask=mask,
-                                keep_scales=args.keep_scales, feather=args.feather)
+                                keep_scales=args.keep_scales, feather=args.feather, speed=speed)
     t0 = time.perf_counter()
 
     def callback(progress):
@@ -226,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=900, help="per bit: 1 = greedy, others keep both (reference: 900)")
     g.add_argument("--top-p", type=float, default=0.97)
     g.add_argument("--cfg-insertion-layer", type=int, default=0)
+    g.add_argument("--unguided-last-scales", type=int, default=0,
+                   help="the last N scales run without guidance and without its unconditional half (faster; "
+                        "0 = off). Same as a --cfg list ending in N ones")
+    g.add_argument("--pruning", default="off", choices=["off", "prune", "fastvar"],
+                   help="FastVAR token pruning: 'fastvar' = its setting (prune 2 late scales, skip the last 2), "
+                        "'prune' = prune the last 4 scales, skip none; off = exact (default)")
+    g.add_argument("--prune-ratio", type=float, default=0.5, help="fraction of tokens the pruned scales drop "
+                   "(FastVAR: 0.5; the first pruned scale drops 0.8 x this)")
     g.add_argument("--tile", type=int, default=0, help="tiled decode, tile size in latent cells (0 = off)")
     g.add_argument("--image", help="edit this picture (its aspect sets the size; --width/--height are ignored)")
     g.add_argument("--mask", help="with --image: what to regenerate (white = regenerate); default: the picture's "

@@ -15,7 +15,7 @@ Shape legend: B batch rows (2B with CFG), L tokens, C width, H heads, c head dim
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .attention import attention
 from .devices import ffn_rows_for
+from .pruning import all_tokens
 from .rope import apply_rope_
 
 MAX_SCALE_MUL = math.log(100.0)  # cosine-attention temperature bound (reference: log(100))
@@ -77,6 +78,14 @@ class KVCache:
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def keep_rows(self, rows: int, capacity: int):
+        """Keep the first `rows` rows in new buffers of `capacity` tokens; the old ones are released."""
+        B, H, _, c = self.k.shape
+        k, v = (torch.empty((rows, H, capacity, c), device=self.k.device, dtype=self.k.dtype) for _ in range(2))
+        k[:, :, :self.length] = self.k[:rows, :, :self.length]
+        v[:, :, :self.length] = self.v[:rows, :, :self.length]
+        self.k, self.v = k, v
+
 
 class SelfAttention(nn.Module):
     """Cosine attention with a learned per-head temperature, 2D RoPE and a KV cache."""
@@ -115,10 +124,10 @@ class CrossAttention(nn.Module):
         self.mat_kv = ops.Linear(dim, 2 * dim, bias=True)  # bias = [0, v_bias]
         self.proj = ops.Linear(dim, dim, bias=True)
 
-    def text_kv(self, memory_BTC: torch.Tensor, cdt: torch.dtype):
+    def text_kv(self, memory_BTC: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
+        """The text keys and values of every row, `[B, T, 2, H, c]` (see `BlockCondition.text_k`)."""
         B, T, C = memory_BTC.shape
-        kv = self.mat_kv(memory_BTC.to(cdt)).view(B, T, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return kv[0], kv[1]
+        return self.mat_kv(memory_BTC.to(cdt)).view(B, T, 2, self.heads, self.head_dim)
 
     def forward(self, h_BLC, k_BHTc, v_BHTc, mask_B11T, cdt):
         B, L, C = h_BLC.shape
@@ -166,9 +175,21 @@ class BlockCondition:
     scale2p1: torch.Tensor
     shift1: torch.Tensor
     shift2: torch.Tensor
-    text_k: torch.Tensor
-    text_v: torch.Tensor
-    temperature: torch.Tensor
+    text_kv: torch.Tensor       # [B, T, 2, H, c]: keys and values interleaved, as the projection made them
+    temperature: torch.Tensor   # [1, H, 1, 1]: the same for every row
+
+    @property
+    def text_k(self) -> torch.Tensor:
+        return self.text_kv.permute(2, 0, 3, 1, 4)[0]
+
+    @property
+    def text_v(self) -> torch.Tensor:
+        return self.text_kv.permute(2, 0, 3, 1, 4)[1]
+
+    def keep_rows(self, rows: int) -> "BlockCondition":
+        """The first `rows` rows, copied so that the others' memory is released (guidance truncation)."""
+        cut = {f.name: getattr(self, f.name)[:rows].clone() for f in fields(self) if f.name != "temperature"}
+        return BlockCondition(**cut, temperature=self.temperature)
 
 
 class Block(nn.Module):
@@ -186,16 +207,27 @@ class Block(nn.Module):
     def condition(self, gss_B16C: torch.Tensor, memory_BTC: torch.Tensor, cdt) -> BlockCondition:
         # order of the six rows: gamma1, gamma2, scale1, scale2, shift1, shift2 (reference unbind(2))
         g1, g2, s1, s2, sh1, sh2 = (_at(self.ada_gss, gss_B16C, torch.float32) + gss_B16C).unbind(2)
-        k, v = self.ca.text_kv(memory_BTC, cdt)
-        return BlockCondition(g1, g2, s1.add(1), s2.add(1), sh1, sh2, k, v, self.sa.temperature(gss_B16C))
+        kv = self.ca.text_kv(memory_BTC, cdt)
+        return BlockCondition(g1, g2, s1.add(1), s2.add(1), sh1, sh2, kv, self.sa.temperature(gss_B16C))
 
-    def forward(self, x_BLC, cond: BlockCondition, text_mask, rot_Lh, cache: KVCache, cdt):
-        h = ada_layer_norm(x_BLC, cond.scale1p1, cond.shift1, self.eps)
-        x_BLC = x_BLC + self.sa(h, rot_Lh, cond.temperature, cache, cdt).float().mul_(cond.gamma1)
-        h = self.ca_norm(x_BLC)
-        x_BLC = x_BLC + self.ca(h, cond.text_k, cond.text_v, text_mask, cdt).float()
-        h = ada_layer_norm(x_BLC, cond.scale2p1, cond.shift2, self.eps)
-        return x_BLC + self.ffn(h.to(cdt)).float().mul_(cond.gamma2)  # the outputs are fresh tensors
+    def forward(self, x_BLC, cond: BlockCondition, text_mask, rot_Lh, cache: KVCache, cdt, tokens=None):
+        """`tokens` (a pruning.TokenSubset) decides which tokens each sub-layer computes; None = all."""
+        run = all_tokens if tokens is None else tokens.run
+
+        def self_attn(x, rot):
+            h = ada_layer_norm(x, cond.scale1p1, cond.shift1, self.eps)
+            return self.sa(h, rot, cond.temperature, cache, cdt).float().mul_(cond.gamma1)
+
+        def cross_attn(x, _):
+            return self.ca(self.ca_norm(x), cond.text_k, cond.text_v, text_mask, cdt).float()
+
+        def ffn(x, _):
+            h = ada_layer_norm(x, cond.scale2p1, cond.shift2, self.eps)
+            return self.ffn(h.to(cdt)).float().mul_(cond.gamma2)  # the outputs are fresh tensors
+
+        x_BLC = x_BLC + run(0, x_BLC, rot_Lh, self_attn)
+        x_BLC = x_BLC + run(1, x_BLC, None, cross_attn)
+        return x_BLC + run(2, x_BLC, None, ffn)
 
 
 class TextPool(nn.Module):

@@ -156,6 +156,22 @@ class TeacherForcing:
     def num_scales(self) -> int:
         return len(self.bits)
 
+    @property
+    def whole_scales(self) -> int:
+        """How many leading scales are forced whole (image-to-image's k)."""
+        return next((si for si, keep in enumerate(self.keep) if keep is not None), self.num_scales)
+
+    def forced_only(self, si: int, batch: int, tokens: int, bits_per_token: int,
+                    device) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Scale si where nothing is drawn (pruning skips it): (bits `[batch, tokens, d_t]` with the image's
+        bits where kept and 0 elsewhere, `[batch, tokens]` bool of the kept tokens or None for all), or None
+        when the teacher forces nothing there."""
+        if si >= self.num_scales:
+            return None
+        blank = torch.zeros(batch, tokens, bits_per_token, dtype=torch.uint8, device=device)
+        keep = self.keep[si]
+        return self.apply(si, blank), None if keep is None else keep.to(device).bool().expand(batch, tokens)
+
     def keep_mask(self, si: int, batch: int, tokens: int) -> torch.Tensor:
         """`[batch, tokens]` bool: the tokens of scale si that take the image's bits (none past the last
         forced scale). For code that must know the kept tokens before the draw, e.g. a pruning policy."""

@@ -6,6 +6,7 @@ import torch
 from .config import InfinityConfig, VAEConfig
 from .devices import AttentionPlan
 from .errors import MemoryBudgetError
+from .pruning import PruningPolicy
 from .schedules import TEMPLATES, ScaleSchedule
 
 
@@ -38,21 +39,54 @@ def attention_bytes(config: InfinityConfig, schedule: ScaleSchedule, rows: int, 
 
 
 def sampling_bytes(config: InfinityConfig, schedule: ScaleSchedule, batch: int, guided: bool,
-                   dtype: torch.dtype, text_tokens: int = 512, attention: AttentionPlan | None = None) -> int:
-    """KV cache + text keys/values + the largest scale's activations (fp32 residual stream, qkv, MLP,
-    logits) + what the device's attention backend allocates (`attention`: devices.attention_plan_for;
-    None = a fused kernel, which never holds a score matrix)."""
-    rows = batch * (2 if guided else 1)
-    L_last, L, C = max(schedule.tokens_per_scale), schedule.num_tokens, config.embed_dim
-    text_kv = rows * config.depth * text_tokens * C * 2 * dtype_bytes(dtype)
-    activations = rows * L_last * (4 * C * 4 + (3 * C + config.mlp_hidden) * dtype_bytes(dtype))
-    logits = rows * L_last * config.bits_per_token * 2 * 4 * 3
-    final_scale_kv = 2 * rows * L * C * 2 * dtype_bytes(dtype)  # one layer's concatenated keys/values
-    stored_kv = kv_cache_bytes(config, schedule, rows, dtype, stored_only=True)
+                   dtype: torch.dtype, text_tokens: int = 512, *, guided_scales: int | None = None,
+                   pruning: PruningPolicy | None = None, num_scales: int | None = None,
+                   attention: AttentionPlan | None = None) -> int:
+    """Peak of a run of `num_scales` scales (all by default): at the scale where it is largest, the KV
+    cache + text keys/values + that scale's activations (fp32 residual stream, qkv, MLP, logits) +
+    pruning's cached outputs, plus the RoPE table. `guided_scales` (SamplerSettings.guided_scales): the
+    unconditional rows exist for that many leading scales (default: all when `guided`); `pruning` skips
+    scales and computes fewer tokens. `attention` (devices.attention_plan_for): what the device's attention
+    backend allocates besides its output (None = a fused kernel, which never holds a score matrix)."""
+    n = schedule.num_scales if num_scales is None else min(num_scales, schedule.num_scales)
+    n_net = pruning.scales_run(n) if pruning is not None else n
+    g = (n_net if guided else 0) if guided_scales is None else min(guided_scales, n_net)
+    tokens, C, b = schedule.tokens_per_scale, config.embed_dim, dtype_bytes(dtype)
+    layer_kv = lambda rows, t: rows * t * C * 2 * b  # noqa: E731  (K and V of one layer)
+    full_kv = layer_kv(batch, sum(tokens[:n_net - 1])) * config.depth
+    guided_kv = layer_kv(2 * batch, sum(tokens[:g] if g < n_net else tokens[:n_net - 1])) * config.depth
+    cached, cache_scales = 0, range(0)
+    if pruning is not None and pruning.plans:  # three fp32 sub-layer outputs per pruned layer, cache scale on
+        cached = sum(3 * len(pruning.cache_layers(c)) * tokens[c] * C * 4 for c in {p.cache_scale for _, p in pruning.plans})
+        cache_scales = range(min(p.cache_scale for _, p in pruning.plans), pruning.last_use() + 1)
+    peak = 0
+    for si in range(n_net):
+        rows = 2 * batch if si < g else batch
+        kv = guided_kv if si < g else full_kv
+        plan = pruning.plan(si) if pruning is not None else None
+        computed = plan.keep(tokens[si]) if plan is not None else tokens[si]
+        text_kv = rows * config.depth * text_tokens * C * 2 * b
+        activations = rows * (tokens[si] * 4 * C * 4 + computed * (3 * C + config.mlp_hidden) * b)
+        logits = rows * tokens[si] * config.bits_per_token * 2 * 4 * 3
+        final_kv = 2 * layer_kv(rows, _attended(tokens, si, pruning, config.depth)) if si == n_net - 1 else 0
+        live_cache = cached * rows if si in cache_scales else 0
+        peak = max(peak, kv + text_kv + activations + logits + final_kv + live_cache)
+        if si + 1 == g < n_net:  # truncation copies one layer's kept rows while the guided cache exists
+            peak = max(peak, guided_kv + layer_kv(batch, sum(tokens[:n_net - 1])) + text_kv)
     rope_rows = max(sum(h * w for h, w in grids) for grids in TEMPLATES.values())
     rope_table = rope_rows * config.head_dim // 2 * 8  # complex64 rotations of the 1M schedule
-    scores = attention_bytes(config, schedule, rows, dtype, attention)
-    return stored_kv + final_scale_kv + text_kv + activations + logits + rope_table + scores
+    rows0 = 2 * batch if g else batch  # building the table takes twice its size, once the caches exist
+    setup = (guided_kv if g else full_kv) + rows0 * config.depth * text_tokens * C * 2 * b + 2 * rope_table
+    scores = attention_bytes(config, schedule, 2 * batch if g else batch, dtype, attention)
+    return max(peak + rope_table + scores, setup)
+
+
+def _attended(tokens, si: int, pruning: PruningPolicy | None, depth: int) -> int:
+    """The most keys one layer attends to at scale si (its cache plus its own computed tokens)."""
+    def kept(s, layer):
+        plan = pruning.plan(s) if pruning is not None else None
+        return plan.keep(tokens[s]) if plan is not None and plan.prunes(layer) else tokens[s]
+    return max(sum(kept(s, layer) for s in range(si + 1)) for layer in range(depth))
 
 
 def _full_resolution_peak(ch_mult, base_ch: int, image_hw, batch: int, dtype) -> int:

@@ -16,9 +16,10 @@ from .errors import PromptError, SamplingError
 from .images import decode_tiled, from_rgb01, to_rgb01
 from .loading import pair
 from .masks import TeacherForcing, fit_mask, paste_back
-from .memory import available_bytes, require_memory, sampling_bytes
+from .memory import available_bytes, require_memory
 from .sampler import SampleResult, SamplerSettings, make_generators, sample
 from .schedules import schedule_for_size
+from .speed import SpeedSettings, run_memory
 from .transformer import InfinityTransformer
 from .vae import BitwiseTokenizer
 
@@ -39,6 +40,7 @@ class GenerationRequest:
     mask: torch.Tensor | None = None   # [1 or B, h, w] in 0..1, 1 = regenerate (with image); resized to the picture
     keep_scales: int = 0               # scales taken whole from the image (image-to-image), the mask after them
     feather: int = 16                  # with a mask: px over which the result fades into the original picture
+    speed: SpeedSettings = field(default_factory=SpeedSettings)  # pruning, unguided last scales
 
 
 def encode_text(text_encoder, prompt) -> TextEmbedding | None:
@@ -68,15 +70,17 @@ def generate(transformer: InfinityTransformer, tokenizer: BitwiseTokenizer, text
         schedule, teacher = schedule_for_size(request.width, request.height, request.budget), None
     else:
         schedule, teacher = _image_teacher(tokenizer, request, layout.patchify, device)
-    guided = any(c != 1 for c in request.settings.per_scale(schedule.num_scales)[0])
-    need = sampling_bytes(transformer.config, schedule, request.batch, guided, compute_dtype,
-                          attention=attention_plan_for(torch.device(device), compute_dtype))
+    settings, pruning = request.speed.apply(request.settings, schedule, transformer.config.depth)
+    if pruning is not None:
+        log.info("%s", pruning.describe(schedule))
+    need = run_memory(transformer.config, schedule, request.batch, settings, compute_dtype, pruning,
+                      attention=attention_plan_for(torch.device(device), compute_dtype))
     require_memory(need, available_bytes(device), f"sampling {request.batch} image(s) at {schedule.image_hw}",
                    hint="lower the batch size or the pixel budget")
     result: SampleResult = sample(
         transformer, text, schedule, generators=make_generators(request.seed, request.batch),
-        settings=request.settings, patchify=layout.patchify, negative=negative, batch=request.batch,
-        teacher=teacher, device=device, compute_dtype=compute_dtype, callback=callback)
+        settings=settings, patchify=layout.patchify, negative=negative, batch=request.batch,
+        teacher=teacher, device=device, compute_dtype=compute_dtype, callback=callback, pruning=pruning)
     latent = result.summed_codes.to(device)
     decoded = decode_tiled(tokenizer, latent, tile) if tile else tokenizer.decode(latent)
     images = to_rgb01(decoded)

@@ -21,6 +21,7 @@ from . import validation
 from .conditioning import TextEmbedding
 from .errors import SamplingError
 from .masks import TeacherForcing
+from .pruning import PruningPolicy
 from .quantizer import bits_to_codes, next_scale_input, token_bits_to_vae, upsample_codes
 from .schedules import ScaleSchedule
 from .transformer import InfinityTransformer
@@ -36,6 +37,9 @@ class SamplerSettings:
     both. top_p drops the less likely bit value when its probability is <= 1 - top_p (0 = off).
     cfg_insertion_layer: 0 = guide the logits (every release); -k = mix the hidden states after
     layer depth-k; 1 reproduces a reference quirk: the unconditional half runs but guides nothing.
+    truncate_guidance: where cfg is 1 from some scale to the end, the unconditional half stops there
+    (its rows and KV cache are dropped); the bits are the reference's, which computes that half and
+    ignores it. False runs it as the reference does (for comparisons).
     """
 
     cfg: float | Sequence[float] = 3.0
@@ -43,6 +47,7 @@ class SamplerSettings:
     top_k: int = 0
     top_p: float = 0.0
     cfg_insertion_layer: Sequence[int] = (0,)
+    truncate_guidance: bool = True
 
     def validate(self, depth: int, num_scales: int) -> None:
         """Raise SamplingError for settings that cannot run (callers may check before loading models;
@@ -66,6 +71,16 @@ class SamplerSettings:
             return values[:n]
         return expand(self.cfg, "cfg"), expand(self.tau, "tau")
 
+    def guided_scales(self, n: int) -> int:
+        """How many leading scales of a run of n run the unconditional half (0 = none)."""
+        cfg, _ = self.per_scale(n)
+        if not any(c != 1 for c in cfg):
+            return 0
+        k = n
+        while self.truncate_guidance and cfg[k - 1] == 1:
+            k -= 1
+        return k
+
 
 @dataclass
 class ScaleProgress:
@@ -84,6 +99,7 @@ class SampleResult:
     schedule: ScaleSchedule
     patchify: bool
     logits: list[torch.Tensor] | None = None  # guided, tempered, unmasked [B, N, 2] (if recorded)
+    skipped: tuple[int, ...] = ()       # scales pruning skipped: no bits, nothing in summed_codes
 
 
 def mask_logits_(logits_BN2: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -183,10 +199,12 @@ def sample(
     compute_dtype: torch.dtype = torch.float32,
     callback: Callable[[ScaleProgress], None] | None = None,
     record_logits: bool = False,
+    pruning: PruningPolicy | None = None,
 ) -> SampleResult:
     """Generate `batch` images' bits. `teacher` forces an image's bits into the draw, per scale and token
     (image-to-image = the reference's gt_leak, inpainting; see masks.py); `stop_after=k` keeps only
-    scales < k."""
+    scales < k; `pruning` (pruning.build_policy) prunes tokens inside the blocks and may skip the last
+    scales (where a teacher still forces its tokens: a masked run keeps the image outside the mask)."""
     B = text.batch if batch is None else batch
     if B < 1:
         raise SamplingError(f"batch size must be at least 1, got {B}", hint="generate 1 or more images")
@@ -194,31 +212,39 @@ def sample(
     settings.validate(len(model.blocks), schedule.num_scales)
     teacher = teacher if teacher is not None else TeacherForcing()
     teacher.check(schedule.tokens_per_scale, B, model.config.bits_per_token)
+    if pruning is not None:
+        pruning.validate(schedule, len(model.blocks))
     n = schedule.num_scales if stop_after is None else max(1, min(stop_after, schedule.num_scales))
+    n_net = pruning.scales_run(n) if pruning is not None else n  # scales that run the network
     cfg_list, tau_list = settings.per_scale(schedule.num_scales)
     on_logits, mix_layers = _guidance(settings, len(model.blocks))
     if 1 in settings.cfg_insertion_layer:
         log.warning("cfg_insertion_layer 1 applies no guidance (reference behaviour); the uncond half still runs")
-    use_cfg = any(c != 1 for c in cfg_list)
-    full_text = _guided_text(model, text, negative, B) if use_cfg else text.expand_to(B)
+    guided_until = settings.guided_scales(n_net)  # the unconditional rows exist for scales < guided_until
+    full_text = _guided_text(model, text, negative, B) if guided_until else text.expand_to(B)
     device = torch.device(device) if device is not None else model.head.weight.device
     vae_grids = schedule.vae_grids(patchify)
     final_HW = vae_grids[-1]
+    total = output_scales(n, pruning, teacher)
+    kv_tokens = sum(schedule.tokens_per_scale[:n_net - 1])  # the last scale run is never attended to later
 
-    state = model.condition(full_text, schedule, device, compute_dtype, num_scales=n)
-    guard = validation.LogitsGuard(n, compute_dtype)
+    state = model.condition(full_text, schedule, device, compute_dtype, num_scales=n_net,
+                            kv_scales=guided_until if 0 < guided_until < n_net else None)
+    guard = validation.LogitsGuard(n_net, compute_dtype)
     try:
-        x, summed, bits_out, logits_out = model.start_tokens(state), 0, [], []
-        for si in range(n):
+        x, summed, bits_out, logits_out, skipped = model.start_tokens(state), 0, [], [], []
+        for si in range(n_net):
             cfg, tau = cfg_list[si], tau_list[si]
+            guided = state.rows > B
             mix = lambda h, cfg=cfg: torch.cat([cfg * h[:B] + (1 - cfg) * h[B:]] * 2)  # noqa: E731
-            layers = mix_layers if cfg != 1 else frozenset()
-            hidden = model.forward_scale(x, si, state, mix_after_layers=layers, mix=mix)
-            if cfg != 1 and on_logits:
+            layers = mix_layers if cfg != 1 and guided else frozenset()
+            hidden = model.forward_scale(x, si, state, mix_after_layers=layers, mix=mix, pruning=pruning)
+            if cfg != 1 and on_logits and guided:
                 logits = model.logits(hidden, state).mul(1 / tau)
                 logits = cfg * logits[:B] + (1 - cfg) * logits[B:]
             else:
                 logits = model.logits(hidden[:B], state, rows=slice(0, B)).mul(1 / tau)
+            del hidden
             logits = logits.reshape(B, -1, 2)
             if record_logits:
                 logits_out.append(logits.clone())
@@ -229,13 +255,47 @@ def sample(
             bits = teacher.apply(si, bits)
             codes = bits_to_codes(token_bits_to_vae(bits, schedule.grids[si], patchify))
             summed = summed + upsample_codes(codes, final_HW)
-            if si + 1 < n:
+            if si + 1 == guided_until < n_net:  # guidance truncation: cfg is 1 from here on
+                model.keep_rows(state, B, kv_tokens)
+            if si + 1 < n_net:
                 x = model.embed_bits(next_scale_input(summed, vae_grids[si + 1], patchify), state)
-                x = x.repeat(full_text.batch // B, 1, 1)
+                x = x.repeat(state.rows // B, 1, 1)
             bits_out.append(bits)
             if callback is not None:
-                callback(ScaleProgress(si, n, bits, summed))
+                callback(ScaleProgress(si, total, bits, summed))
         guard.finish()
+        for si in range(n_net, n):
+            # A skipped scale (FastVAR's "100% pruning", always the last ones) draws nothing: it adds only the
+            # codes of the tokens a teacher forces. A whole forced scale (image-to-image) yields its bits; a
+            # partly forced one (inpainting) or an unforced one yields none and counts as skipped.
+            forced = teacher.forced_only(si, B, schedule.tokens_per_scale[si], model.config.bits_per_token, device)
+            if forced is None:
+                skipped.append(si)
+                continue
+            bits, keep_BL = forced
+            codes = bits_to_codes(token_bits_to_vae(bits, schedule.grids[si], patchify))
+            if keep_BL is not None:
+                codes = codes * _token_cells(keep_BL, schedule.grids[si], patchify)
+            summed = summed + upsample_codes(codes, final_HW)
+            if keep_BL is not None:
+                skipped.append(si)
+                continue
+            bits_out.append(bits)
+            if callback is not None:
+                callback(ScaleProgress(si, total, bits, summed))
     finally:
         model.free(state)
-    return SampleResult(bits_out, summed.squeeze(2), schedule, patchify, logits_out if record_logits else None)
+    return SampleResult(bits_out, summed.squeeze(2), schedule, patchify, logits_out if record_logits else None,
+                        skipped=tuple(skipped))
+
+
+def output_scales(n: int, pruning: PruningPolicy | None, teacher: TeacherForcing | None = None) -> int:
+    """How many scales of a run of n yield bits: all but the skipped ones that the teacher does not force whole."""
+    n_net = pruning.scales_run(n) if pruning is not None else n
+    return max(n_net, min(n, teacher.whole_scales if teacher is not None else 0))
+
+
+def _token_cells(keep_BL: torch.Tensor, grid_hw: tuple[int, int], patchify: bool) -> torch.Tensor:
+    """A per-token weight `[B, L]` as `[B, 1, 1, h', w']` on the VAE grid (a token covers 2x2 cells with patchify)."""
+    cells_B1hw1 = token_bits_to_vae(keep_BL.float()[..., None].expand(-1, -1, 4 if patchify else 1), grid_hw, patchify)
+    return cells_B1hw1.permute(0, 4, 1, 2, 3)

@@ -10,7 +10,7 @@ Ct text channels (2048), d bits per token.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -19,6 +19,7 @@ from . import ops as default_ops
 from .conditioning import TextEmbedding
 from .config import InfinityConfig
 from .layers import AdaLNHead, Block, BlockCondition, KVCache, PooledText, RMSNorm, _at
+from .pruning import PruningPolicy, block_subsets
 from .rope import rope_table
 from .schedules import ScaleSchedule
 
@@ -36,10 +37,16 @@ class GenerationState:
     rope_Lh: torch.Tensor
     offsets: tuple[int, ...]
     compute_dtype: torch.dtype
+    grids: tuple[tuple[int, int], ...] = ()
+    pruned_outputs: dict = field(default_factory=dict)  # (layer, sub-layer) -> output at a cache scale
 
     def rope_rows(self, si: int, n: int) -> torch.Tensor:
         start = self.offsets[si]
         return self.rope_Lh[start:start + n]
+
+    @property
+    def rows(self) -> int:
+        return self.cond_BD.shape[0]
 
 
 class InfinityTransformer(nn.Module):
@@ -70,9 +77,10 @@ class InfinityTransformer(nn.Module):
         return text.null_like(self.cfg_uncond.float())
 
     def condition(self, text: TextEmbedding, schedule: ScaleSchedule, device, compute_dtype: torch.dtype,
-                  num_scales: int | None = None) -> GenerationState:
+                  num_scales: int | None = None, kv_scales: int | None = None) -> GenerationState:
         """Encode the (already CFG-doubled) text batch and allocate the KV caches on `device` for a run
-        of the first `num_scales` scales (all by default)."""
+        of the first `num_scales` scales (all by default): they hold the keys of the first `kv_scales`
+        scales (default: all but the last one run, whose keys nothing attends to later)."""
         dev = torch.device(device)
         text_BTC, mask_BT = text.to(device=dev, dtype=torch.float32).padded()
         mask = None if min(text.lens) == max(text.lens) else mask_BT[:, None, None, :]
@@ -82,7 +90,8 @@ class InfinityTransformer(nn.Module):
         gss_B16C = self.shared_ada_lin(cond_BD).float().view(text.batch, 1, 6, -1)
         scale1p, shift = self.head_nm.modulation(cond_BD)
         cfg = self.config
-        capacity = sum(schedule.tokens_per_scale[:(num_scales or schedule.num_scales) - 1])
+        kv_scales = (num_scales or schedule.num_scales) - 1 if kv_scales is None else kv_scales
+        capacity = sum(schedule.tokens_per_scale[:kv_scales])
         caches = [KVCache.empty(text.batch, cfg.num_heads, capacity, cfg.head_dim, dev, compute_dtype)
                   for _ in self.blocks]
         return GenerationState(
@@ -95,7 +104,22 @@ class InfinityTransformer(nn.Module):
             rope_Lh=rope_table(cfg.head_dim, schedule.template).to(dev),
             offsets=schedule.offsets,
             compute_dtype=compute_dtype,
+            grids=schedule.grids,
         )
+
+    def keep_rows(self, state: GenerationState, rows: int, kv_tokens: int) -> None:
+        """Drop the rows from `rows` on (guidance truncation: the unconditional half) from every
+        per-generation tensor, copying the kept rows so that the dropped rows' memory is released; the
+        KV caches get room for `kv_tokens` tokens."""
+        state.cond_BD = state.cond_BD[:rows].clone()
+        for i, cond in enumerate(state.blocks):  # in place: the old conditions go one by one
+            state.blocks[i] = cond.keep_rows(rows)
+        del cond
+        state.text_mask = None if state.text_mask is None else state.text_mask[:rows].clone()
+        state.head_scale1p, state.head_shift = state.head_scale1p[:rows].clone(), state.head_shift[:rows].clone()
+        for cache in state.caches:  # one layer at a time: at most one layer's copy is extra
+            cache.keep_rows(rows, max(kv_tokens, cache.length))
+        state.pruned_outputs = {key: out[:rows].clone() for key, out in state.pruned_outputs.items()}
 
     def start_tokens(self, state: GenerationState) -> torch.Tensor:
         """Scale 0 input: the pooled text plus the learned start position, `[B, 1, C]`."""
@@ -106,18 +130,23 @@ class InfinityTransformer(nn.Module):
 
     # ---- one scale ---------------------------------------------------------------------------
     def forward_scale(self, x_BLC: torch.Tensor, si: int, state: GenerationState,
-                      mix_after_layers: frozenset[int] = frozenset(), mix=None) -> torch.Tensor:
+                      mix_after_layers: frozenset[int] = frozenset(), mix=None,
+                      pruning: PruningPolicy | None = None) -> torch.Tensor:
         """Run every block on the tokens of scale `si` (appending them to the KV caches).
 
-        `mix(x)` is applied after the layers in `mix_after_layers` (hidden-state guidance).
+        `mix(x)` is applied after the layers in `mix_after_layers` (hidden-state guidance). `pruning`
+        decides, per block, which tokens are computed (None: all, exact mode).
         """
         lvl = self.lvl_embed(torch.full((1,), si, dtype=torch.long, device=x_BLC.device))
         x_BLC = x_BLC.float() + lvl.float()
         rope = state.rope_rows(si, x_BLC.shape[1])
+        subsets = block_subsets(pruning, si, state.grids, state.pruned_outputs, len(self.blocks))
         for i, (block, cond, cache) in enumerate(zip(self.blocks, state.blocks, state.caches)):
-            x_BLC = block(x_BLC, cond, state.text_mask, rope, cache, state.compute_dtype)
+            x_BLC = block(x_BLC, cond, state.text_mask, rope, cache, state.compute_dtype, subsets[i])
             if i in mix_after_layers:
                 x_BLC = mix(x_BLC)
+        if pruning is not None and si >= pruning.last_use():
+            state.pruned_outputs.clear()  # no later scale restores from them
         return x_BLC
 
     def logits(self, h_BLC: torch.Tensor, state: GenerationState, rows: slice = slice(None)) -> torch.Tensor:
@@ -128,6 +157,7 @@ class InfinityTransformer(nn.Module):
     def free(self, state: GenerationState):
         for cache in state.caches:
             cache.k = cache.v = None
+        state.pruned_outputs.clear()
 
     # ---- teacher forcing (tests, image-to-image diagnostics) -----------------------------------
     @torch.no_grad()

@@ -18,11 +18,13 @@ from ..infinity_core.file_kinds import peek_tokenizer_config
 from ..infinity_core.images import preview_rgb, to_rgb01
 from ..infinity_core.loading import pair
 from ..infinity_core.model_files import by_name
-from ..infinity_core.memory import decode_bytes, sampling_bytes
+from ..infinity_core.memory import decode_bytes
+from ..infinity_core.pruning import DEFAULT_RATIO, PRESETS
 from ..infinity_core.quantizer import token_bits_to_vae
 from ..infinity_core.resize import area_2d
-from ..infinity_core.sampler import SamplerSettings, make_generators, sample
+from ..infinity_core.sampler import SamplerSettings, make_generators, output_scales, sample
 from ..infinity_core.schedules import MAX_SIDE, MIN_SIDE
+from ..infinity_core.speed import SpeedSettings, run_memory
 from . import comfy_glue as glue
 from .inpaint import carry_extras, seed_indices, teacher_for
 from .types import (BUDGETS, Conditioning, InfinityConditioning, InfinityModel, InfinityVAE, LatentView, ModelHandle,
@@ -58,6 +60,13 @@ def _settings(model: ModelHandle, n: int, cfg: float, tau: float, cfg_list: str,
         with about(widget):
             SamplerSettings(**values).validate(model.config.depth, n)
     return SamplerSettings(**{k: v for values in fields.values() for k, v in values.items()})
+
+
+def _speed(model: ModelHandle, schedule, settings: SamplerSettings, speed: SpeedSettings, stop_after: int):
+    """The sampler settings and pruning policy with the speed widgets applied (errors name the widget)."""
+    with about("prune_ratio" if speed.pruning != "off" else "pruning"):
+        speed.policy(schedule, model.config.depth)
+    return speed.apply(settings, schedule, model.config.depth, stop_after)
 
 
 def _schedule(model: ModelHandle, width: int, height: int, budget: str, latent) -> tuple:
@@ -189,11 +198,10 @@ def _previewer(grids, vae: TokenizerHandle | None):
 
 
 def _run(model: ModelHandle, schedule, texts, settings: SamplerSettings, seed: int, batch: int, teacher,
-         indices, stop_after: int, vae: TokenizerHandle | None, node_id):
-    cfg_values, _ = settings.per_scale(schedule.num_scales)
+         indices, stop_after: int, vae: TokenizerHandle | None, node_id, pruning=None):
+    n = min(stop_after, schedule.num_scales) if stop_after > 0 else schedule.num_scales
     attention = attention_plan_for(model.patcher.load_device, model.compute_dtype)
-    need = sampling_bytes(model.config, schedule, batch, any(c != 1 for c in cfg_values), model.compute_dtype,
-                          attention=attention)
+    need = run_memory(model.config, schedule, batch, settings, model.compute_dtype, pruning, n, attention=attention)
     previews, size = glue.preview_settings()
     vae = vae if previews else None  # no previews: no decoder to load
     if vae is not None:  # previews decode at most --preview-size px
@@ -201,12 +209,22 @@ def _run(model: ModelHandle, schedule, texts, settings: SamplerSettings, seed: i
     h, w = schedule.image_hw
     glue.load_models([model.patcher] + ([vae.patcher] if vae else []), need, f"sampling {batch} image(s) of {w}x{h}",
                      hint="lower batch_size or the pixel budget")
-    n = min(stop_after, schedule.num_scales) if stop_after > 0 else schedule.num_scales
-    callback = glue.progress_callback(n, node_id, _previewer(schedule.vae_grids(model.patchify), vae))
+    callback = glue.progress_callback(output_scales(n, pruning, teacher), node_id,
+                                      _previewer(schedule.vae_grids(model.patchify), vae))
     return sample(model.patcher.model, texts[0], schedule, generators=make_generators(seed, batch, indices=indices),
                   settings=settings, patchify=model.patchify, negative=texts[1], batch=batch, teacher=teacher,
-                  stop_after=n,
-                  device=model.patcher.load_device, compute_dtype=model.compute_dtype, callback=callback)
+                  stop_after=n, device=model.patcher.load_device, compute_dtype=model.compute_dtype,
+                  callback=callback, pruning=pruning)
+
+
+def _speed_text(schedule, settings: SamplerSettings, pruning, n: int) -> str:
+    """What the speed settings did in a run of n scales, for the node's text ('' in exact mode)."""
+    parts = [pruning.describe(schedule, n)] if pruning is not None else []
+    ran = pruning.scales_run(n) if pruning is not None else n
+    guided = settings.guided_scales(ran)
+    if 0 < guided < ran:
+        parts.append(f"scales {guided + 1}-{ran} unguided (no unconditional half)")
+    return "".join("; " + p for p in parts)
 
 
 def _describe(schedule, requested: tuple[int, int] | None, budget: str, k: int, scales: int) -> str:
@@ -254,6 +272,16 @@ class InfinitySampler(io.ComfyNode):
                                    "from the first scale); lower keeps round((1-denoise) x scales) coarse scales of "
                                    "the image whole and generates the rest (only inside the mask, if there is one; "
                                    "the node shows how many)."),
+            io.Combo.Input("pruning", options=list(PRESETS), default="off",
+                           tooltip="Faster, approximate (FastVAR token pruning). off = exact, the reference's "
+                                   "result. prune = the last four scales compute only their most detailed tokens "
+                                   "and fill the rest from an earlier scale. fastvar = FastVAR's own setting: prune "
+                                   "two late scales and skip the last two outright (fastest, loses fine detail). "
+                                   "The node's text says what ran."),
+            io.Int.Input("unguided_last_scales", default=0, min=0, max=16,
+                         tooltip="Run the last N scales without guidance (cfg 1) and without the unconditional "
+                                 "half of the batch: faster and lighter, the same result as a cfg list ending in N "
+                                 "ones. 0 = guidance on every scale."),
         ]
 
     @classmethod
@@ -272,13 +300,16 @@ class InfinitySampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: ModelHandle, positive: Conditioning, width: int, height: int, budget: str, seed: int,
                 batch_size: int, cfg: float, tau: float, negative: Conditioning | None = None, latent_image=None,
-                denoise: float = 1.0, cfg_list: str = "", tau_list: str = "", cfg_insertion_layer: int = 0,
-                top_k: int = 0, top_p: float = TOP_P, regenerate_from_scale: int = -1, stop_after_scale: int = 0,
-                vae: TokenizerHandle | None = None) -> io.NodeOutput:
+                denoise: float = 1.0, pruning: str = "off", unguided_last_scales: int = 0, cfg_list: str = "",
+                tau_list: str = "", cfg_insertion_layer: int = 0, top_k: int = 0, top_p: float = TOP_P,
+                regenerate_from_scale: int = -1, stop_after_scale: int = 0, vae: TokenizerHandle | None = None,
+                prune_ratio: float = DEFAULT_RATIO) -> io.NodeOutput:
         schedule, view = _schedule(model, width, height, budget, latent_image)
         n = schedule.num_scales
         k = _teacher_scales(n, view, denoise, regenerate_from_scale)
         settings = _settings(model, n, cfg, tau, cfg_list, tau_list, top_k, top_p, cfg_insertion_layer)
+        settings, policy = _speed(model, schedule, settings, SpeedSettings(pruning, prune_ratio, unguided_last_scales),
+                                  stop_after_scale)
         batch, view = _batch(view, batch_size)
         texts = _texts(model, positive, negative, batch)
         _check_vae(model, vae)
@@ -286,14 +317,16 @@ class InfinitySampler(io.ComfyNode):
         indices = seed_indices(view, batch)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         _check_downstream_tokenizer(model, cls.hidden.prompt if cls.hidden is not None else None, node_id)
-        result = _run(model, schedule, texts, settings, seed, batch, teacher, indices, stop_after_scale, vae, node_id)
+        result = _run(model, schedule, texts, settings, seed, batch, teacher, indices, stop_after_scale, vae, node_id,
+                      policy)
         bits = [token_bits_to_vae(b, schedule.grids[si], model.patchify) for si, b in enumerate(result.bits)]
         latent = pack_latent(result.summed_codes, bits, schedule, model.patchify, glue.intermediate_device())
         latent = carry_extras(latent_image, latent, indices)
         requested = None if view is not None else (width, height)
         seeds = f"; seeds: seed + batch_index {indices}" if indices is not None else ""
+        stop = min(stop_after_scale, n) if stop_after_scale > 0 else n
         text = _describe(schedule, requested, budget if view is None else schedule.budget, k, len(bits))
-        text += mask_text + seeds
+        text += mask_text + seeds + _speed_text(schedule, settings, policy, stop)
         return io.NodeOutput(latent, ui=ui.PreviewText(text))
 
 
@@ -328,5 +361,8 @@ class InfinitySamplerAdvanced(InfinitySampler):
                               tooltip="Optional bitwise tokenizer: previews are decoded with it instead of a cheap "
                                       "colour projection (when ComfyUI shows previews: --preview-method other than "
                                       "none); it is also checked against the model before sampling."),
+            io.Float.Input("prune_ratio", default=DEFAULT_RATIO, min=0.0, max=0.9, step=0.05,
+                           tooltip="With pruning on: the fraction of tokens the pruned scales drop (FastVAR: 0.5; "
+                                   "the first pruned scale drops 0.8 x this). 0 = prune nothing."),
         ]
         return schema

@@ -46,7 +46,7 @@ def test_entrypoint_and_schemas(env):
     assert len(names) == 9
     simple = [i.id for i in env.nodes["InfinitySampler"].GET_SCHEMA().inputs]
     advanced = [i.id for i in env.nodes["InfinitySamplerAdvanced"].GET_SCHEMA().inputs]
-    assert advanced[: len(simple)] == simple and len(advanced) == len(simple) + 8
+    assert advanced[: len(simple)] == simple and len(advanced) == len(simple) + 9
     assert env.nodes["InfinitySamplerAdvanced"].execute.__func__ is env.nodes["InfinitySampler"].execute.__func__
     seed = next(i for i in env.nodes["InfinitySampler"].GET_SCHEMA().inputs if i.id == "seed")
     assert seed.control_after_generate

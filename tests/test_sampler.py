@@ -261,3 +261,22 @@ def test_text_and_teacher_bits_from_another_device_are_moved(tiny_transformer, p
     moved = run(tiny_transformer, elsewhere, 5, teacher=TeacherForcing.first_scales([b.as_subclass(Offloaded) for b in source.bits[:2]]),
                 negative=elsewhere)
     assert all(type(b) is torch.Tensor and torch.equal(a, b) for a, b in zip(plain.bits, moved.bits))
+
+
+def test_the_default_settings_are_the_2b_release_settings_with_no_filters(tiny_transformer, prompt):
+    """sample() without settings: cfg 3 and tau 0.5 (Infinity-2B), guidance on the logits, top-k/top-p off."""
+    default = run(tiny_transformer, prompt, 6)
+    explicit = run(tiny_transformer, prompt, 6, settings=SamplerSettings(cfg=3.0, tau=0.5, top_k=0, top_p=0.0,
+                                                                        cfg_insertion_layer=(0,)))
+    assert all(torch.equal(a, b) for a, b in zip(default.bits, explicit.bits))
+    for other in (SamplerSettings(cfg=6.0), SamplerSettings(tau=1.0), SamplerSettings(top_k=1)):
+        assert not all(torch.equal(a, b) for a, b in zip(run(tiny_transformer, prompt, 6, settings=other).bits,
+                                                          default.bits)), other
+
+
+def test_top_p_one_and_top_k_two_are_valid_and_change_nothing(tiny_transformer, prompt):
+    base = run(tiny_transformer, prompt, 2)
+    for settings in (SamplerSettings(top_p=1.0), SamplerSettings(top_k=2)):
+        settings.validate(4, SQUARE.num_scales)
+        assert all(torch.equal(a, b) for a, b in zip(run(tiny_transformer, prompt, 2, settings=settings).bits,
+                                                      base.bits))

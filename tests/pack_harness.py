@@ -118,7 +118,8 @@ def env(tmp_path_factory):
         classes = asyncio.run(extension.get_node_list())
         _d32_tokenizer(pack, base / "models" / "vae" / "vae_d32.safetensors")
         yield SimpleNamespace(base=base, pack=pack, classes=classes, mm=modules["comfy.model_management"],
-                              utils=modules["comfy.utils"], fp=fp, cli_args=modules["comfy.cli_args"], execution=fakes.execution,
+                              utils=modules["comfy.utils"], fp=fp, cli_args=modules["comfy.cli_args"],
+                              execution=fakes.execution,
                               patcher_module=modules["comfy.model_patcher"],
                               nodes={c.GET_SCHEMA().node_id: c for c in classes},
                               core=lambda name: importlib.import_module(f"{PACK}.infinity_core.{name}"))

@@ -30,7 +30,8 @@ def core(env, models, seed=7, batch=1, negative=None, teacher=(), stop_after=Non
         handle.patcher.model, models.positive.embedding, schedules.ScaleSchedule(*schedule),
         generators=[torch.Generator().manual_seed(seed + i) for i in range(batch)],
         settings=sampler_module.SamplerSettings(**{**REFERENCE, **settings}), negative=negative, batch=batch,
-        teacher=env.core("masks").TeacherForcing.first_scales(teacher), stop_after=stop_after, compute_dtype=compute_dtype)
+        teacher=env.core("masks").TeacherForcing.first_scales(teacher), stop_after=stop_after,
+        compute_dtype=compute_dtype)
 
 
 def same(latent: dict, result) -> bool:

@@ -196,7 +196,8 @@ def test_hidden_state_guidance_equals_a_hand_made_mix(tiny_transformer, prompt, 
     by_hand = _replay_by_hand(tiny_transformer, prompt, guided.bits, cfg, 0.7, mix_after=4 + layer)
     for si in range(SQUARE.num_scales):
         torch.testing.assert_close(guided.logits[si], by_hand[si], rtol=1e-5, atol=1e-5, msg=f"scale {si}")
-    on_logits = run(tiny_transformer, prompt, 5, settings=SamplerSettings(cfg=cfg, tau=0.7), teacher=TeacherForcing.first_scales(guided.bits))
+    on_logits = run(tiny_transformer, prompt, 5, settings=SamplerSettings(cfg=cfg, tau=0.7),
+                    teacher=TeacherForcing.first_scales(guided.bits))
     assert not torch.allclose(on_logits.logits[2], guided.logits[2], atol=1e-3)  # the layer matters
 
 
@@ -207,7 +208,8 @@ def test_logit_guidance_with_a_cfg_one_scale_equals_a_hand_made_mix(tiny_transfo
     for si in range(SQUARE.num_scales):
         torch.testing.assert_close(guided.logits[si], by_hand[si], rtol=1e-5, atol=1e-5, msg=f"scale {si}")
     # the cfg-1 scale of a guided run is the conditional pass itself
-    cond = run(tiny_transformer, prompt, 8, settings=SamplerSettings(cfg=1.0, tau=0.5), teacher=TeacherForcing.first_scales(guided.bits))
+    cond = run(tiny_transformer, prompt, 8, settings=SamplerSettings(cfg=1.0, tau=0.5),
+               teacher=TeacherForcing.first_scales(guided.bits))
     torch.testing.assert_close(guided.logits[3], cond.logits[3], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(guided.logits[4], cond.logits[4], atol=1e-3)
 
@@ -245,10 +247,12 @@ def test_stop_after_is_at_least_one_scale_and_at_most_all(tiny_transformer, prom
 def test_teacher_bits_of_any_integer_dtype_give_uint8_bits(tiny_transformer, prompt):
     source = run(tiny_transformer, prompt, 3)
     for dtype in (torch.int64, torch.bool, torch.float32):
-        forced = run(tiny_transformer, prompt, 4, teacher=TeacherForcing.first_scales([b.to(dtype) for b in source.bits[:3]]))
+        forced = run(tiny_transformer, prompt, 4,
+                     teacher=TeacherForcing.first_scales([b.to(dtype) for b in source.bits[:3]]))
         assert all(b.dtype == torch.uint8 for b in forced.bits)
         assert all(torch.equal(a, b) for a, b in zip(forced.bits[:3], source.bits[:3]))
-        assert torch.equal(forced.summed_codes, run(tiny_transformer, prompt, 4, teacher=TeacherForcing.first_scales(source.bits[:3]))
+        assert torch.equal(forced.summed_codes,
+                           run(tiny_transformer, prompt, 4, teacher=TeacherForcing.first_scales(source.bits[:3]))
                            .summed_codes)
 
 
@@ -258,6 +262,26 @@ def test_text_and_teacher_bits_from_another_device_are_moved(tiny_transformer, p
     source = run(tiny_transformer, prompt, 3)
     plain = run(tiny_transformer, prompt, 5, teacher=TeacherForcing.first_scales(source.bits[:2]), negative=prompt)
     elsewhere = TextEmbedding(prompt.features_NC.as_subclass(Offloaded), prompt.lens)
-    moved = run(tiny_transformer, elsewhere, 5, teacher=TeacherForcing.first_scales([b.as_subclass(Offloaded) for b in source.bits[:2]]),
+    moved = run(tiny_transformer, elsewhere, 5,
+                teacher=TeacherForcing.first_scales([b.as_subclass(Offloaded) for b in source.bits[:2]]),
                 negative=elsewhere)
     assert all(type(b) is torch.Tensor and torch.equal(a, b) for a, b in zip(plain.bits, moved.bits))
+
+
+def test_the_default_settings_are_the_2b_release_settings_with_no_filters(tiny_transformer, prompt):
+    """sample() without settings: cfg 3 and tau 0.5 (Infinity-2B), guidance on the logits, top-k/top-p off."""
+    default = run(tiny_transformer, prompt, 6)
+    explicit = run(tiny_transformer, prompt, 6, settings=SamplerSettings(cfg=3.0, tau=0.5, top_k=0, top_p=0.0,
+                                                                        cfg_insertion_layer=(0,)))
+    assert all(torch.equal(a, b) for a, b in zip(default.bits, explicit.bits))
+    for other in (SamplerSettings(cfg=6.0), SamplerSettings(tau=1.0), SamplerSettings(top_k=1)):
+        assert not all(torch.equal(a, b) for a, b in zip(run(tiny_transformer, prompt, 6, settings=other).bits,
+                                                          default.bits)), other
+
+
+def test_top_p_one_and_top_k_two_are_valid_and_change_nothing(tiny_transformer, prompt):
+    base = run(tiny_transformer, prompt, 2)
+    for settings in (SamplerSettings(top_p=1.0), SamplerSettings(top_k=2)):
+        settings.validate(4, SQUARE.num_scales)
+        assert all(torch.equal(a, b) for a, b in zip(run(tiny_transformer, prompt, 2, settings=settings).bits,
+                                                      base.bits))

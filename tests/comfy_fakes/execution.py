@@ -72,9 +72,11 @@ def _checked(node_id: str, item, value):
                                         f"Failed to convert an input value to a {item.io_type} value ({err})") from None
     low, high = getattr(item, "min", None), getattr(item, "max", None)
     if low is not None and value < low:
-        raise PromptValidationError(node_id, item.id, "value_smaller_than_min", f"Value {value} smaller than min of {low}")
+        raise PromptValidationError(node_id, item.id, "value_smaller_than_min",
+                                    f"Value {value} smaller than min of {low}")
     if high is not None and value > high:
-        raise PromptValidationError(node_id, item.id, "value_bigger_than_max", f"Value {value} bigger than max of {high}")
+        raise PromptValidationError(node_id, item.id, "value_bigger_than_max",
+                                    f"Value {value} bigger than max of {high}")
     if isinstance(item, io.Combo.Input) and value not in item.options:
         raise PromptValidationError(node_id, item.id, "value_not_in_list", f"Value not in list: {value!r}")
     return value

@@ -10,10 +10,11 @@ bound "weights + theoretical KV cache + 10%".
 
 Modes (common.MODES): exact; truncated = cfg 1 on the last two scales (our sampler then drops the
 unconditional half; the reference gets the same cfg list and still computes it); fastvar / prune =
-token pruning presets (the reference runs unpruned, cfg 3). Every case runs in a fresh interpreter (sequentially), so peak RSS is per case and the 2B model's
-~9 GiB is freed before the next one. Only the loop is timed: no T5, no VAE decode. B = 1, cfg 3,
-tau 0.5, top_p 0.97, ~32 random text tokens, square template, one warm-up run, median of the
-timed runs. Results: a markdown table on stdout and bench/results/<timestamp>.json.
+token pruning presets (the reference runs unpruned, cfg 3). Every case runs in a fresh interpreter
+(sequentially), so peak RSS is per case and the 2B model's ~9 GiB is freed before the next one. Only
+the loop is timed: no T5, no VAE decode. B = 1, cfg 3, tau 0.5, top_p 0.97, ~32 random text tokens,
+square template, one warm-up run, median of the timed runs. Results: a markdown table on stdout
+and bench/results/<timestamp>.json.
 """
 from __future__ import annotations
 
@@ -93,7 +94,8 @@ def _speedup(r: dict, ref: dict | None) -> str:
 def fmt_row(r: dict, ref: dict | None = None) -> str:
     mode = r.get("mode", "exact")
     if "error" in r:
-        return f"| {r.get('size', '?')} | {r.get('budget', '?')} | {mode} | {r.get('impl', '?')} | error: {r['error']} |"
+        return (f"| {r.get('size', '?')} | {r.get('budget', '?')} | {mode} | {r.get('impl', '?')} "
+                f"| error: {r['error']} |")
     m = r["memory"]
     return (f"| {r['size']} | {r['budget']} | {mode} | {r['impl']} | {r['s_per_image']:.4g} | {r['timing']['runs']} | "
             f"{r['tokens_per_s']:.4g} | {r['flops']['total'] / 1e9:.4g} | {r['flops_per_s'] / 1e9:.4g} | "
@@ -112,7 +114,8 @@ TABLE_HEAD = ("| model | budget | mode | impl | s/image | runs | tokens/s | GFLO
 
 def print_table(results: list[dict]) -> str:
     lines = [TABLE_HEAD]
-    refs = {(r.get("size"), r.get("budget"), r.get("mode", "exact")): r for r in results if r.get("impl") == "reference"}
+    refs = {(r.get("size"), r.get("budget"), r.get("mode", "exact")): r
+            for r in results if r.get("impl") == "reference"}
     for r in results:
         lines.append(fmt_row(r, refs.get((r.get("size"), r.get("budget"), r.get("mode", "exact")))))
     first = next((r for r in results if "error" not in r), None)

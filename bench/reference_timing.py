@@ -355,7 +355,8 @@ def main(argv=None):
     print_table(results)
     for r in results:
         if r.get("paired"):
-            print(f"{r['size']} {r['budget']} {r['mode']}: paired t_reference / t_ours = {r['paired']['speedup_median']:.3f} "
+            print(f"{r['size']} {r['budget']} {r['mode']}: paired t_reference / t_ours = "
+                  f"{r['paired']['speedup_median']:.3f} "
                   f"(CPU time: {r['paired'].get('cpu_ratio_median', float('nan')):.3f}) "
                   f"(ours {r['paired']['median_a']:.4g} s, reference {r['paired']['median_b']:.4g} s)")
         if r.get("bits_agreement"):

@@ -57,7 +57,8 @@ def sampling_bytes(config: InfinityConfig, schedule: ScaleSchedule, batch: int, 
     guided_kv = layer_kv(2 * batch, sum(tokens[:g] if g < n_net else tokens[:n_net - 1])) * config.depth
     cached, cache_scales = 0, range(0)
     if pruning is not None and pruning.plans:  # three fp32 sub-layer outputs per pruned layer, cache scale on
-        cached = sum(3 * len(pruning.cache_layers(c)) * tokens[c] * C * 4 for c in {p.cache_scale for _, p in pruning.plans})
+        cache_at = {p.cache_scale for _, p in pruning.plans}
+        cached = sum(3 * len(pruning.cache_layers(c)) * tokens[c] * C * 4 for c in cache_at)
         cache_scales = range(min(p.cache_scale for _, p in pruning.plans), pruning.last_use() + 1)
     peak = 0
     for si in range(n_net):

@@ -138,14 +138,20 @@ def build_policy(preset: str, schedule: ScaleSchedule, depth: int, ratio: float 
 
 
 # ---- what the blocks call ---------------------------------------------------------------------------
-def farthest_tokens(x_BLC: torch.Tensor, grid_hw: tuple[int, int], keep: int) -> torch.Tensor:
+def farthest_tokens(x_BLC: torch.Tensor, grid_hw: tuple[int, int], keep: int,
+                    first_BL: torch.Tensor | None = None) -> torch.Tensor:
     """Indices `[B, K, 1]` of the K tokens farthest (squared distance) from the scale's mean token,
-    farthest first (the order their keys enter the cache)."""
+    farthest first (the order their keys enter the cache). With `first_BL` (bool), those tokens rank
+    before all others, each group farthest first: a masked run computes the tokens it draws."""
     B, L, C = x_BLC.shape
     # the grid mean through adaptive pooling and a descending argsort over [B, L, 1], as FastVAR ranks
     mean_B1C = F.adaptive_avg_pool2d(x_BLC.view(B, *grid_hw, C).permute(0, 3, 1, 2), (1, 1)).view(B, 1, C)
     dist_BL1 = torch.sum((x_BLC - mean_B1C) ** 2, dim=-1, keepdim=True)
-    return torch.argsort(dist_BL1, dim=1, descending=True)[:, :keep]
+    order_BL1 = torch.argsort(dist_BL1, dim=1, descending=True)
+    if first_BL is not None:  # a stable sort on the group keeps the distance order inside each group
+        group_BL1 = first_BL.to(order_BL1.device)[..., None].gather(1, order_BL1).to(torch.uint8)
+        order_BL1 = order_BL1.gather(1, torch.sort(group_BL1, dim=1, descending=True, stable=True)[1])
+    return order_BL1[:, :keep]
 
 
 def restore(out_BKC: torch.Tensor, idx_BK1: torch.Tensor, cached_BlC: torch.Tensor,
@@ -165,15 +171,17 @@ class TokenSubset:
     every token while remembering the outputs (at a cache scale), or on the farthest tokens with the
     rest restored from that memory (at a pruned scale). `store` lives in the generation state."""
 
-    def __init__(self, layer: int, grid_hw, store: dict, plan: ScalePlan | None = None, cache_hw=None):
+    def __init__(self, layer: int, grid_hw, store: dict, plan: ScalePlan | None = None, cache_hw=None,
+                 first_BL: torch.Tensor | None = None):
         self.layer, self.grid_hw, self.store, self.plan, self.cache_hw = layer, tuple(grid_hw), store, plan, cache_hw
+        self.first_BL = first_BL
 
     def run(self, sub: int, x_BLC: torch.Tensor, rot_Lh: torch.Tensor | None, fn: SubLayer) -> torch.Tensor:
         if self.plan is None:  # a cache scale
             out = fn(x_BLC, rot_Lh)
             self.store[(self.layer, sub)] = out
             return out
-        idx_BK1 = farthest_tokens(x_BLC, self.grid_hw, self.plan.keep(x_BLC.shape[1]))
+        idx_BK1 = farthest_tokens(x_BLC, self.grid_hw, self.plan.keep(x_BLC.shape[1]), self.first_BL)
         x_BKC = x_BLC.gather(1, idx_BK1.expand(-1, -1, x_BLC.shape[-1]))
         rot_B1Kh = None if rot_Lh is None else rot_Lh[idx_BK1[..., 0]].unsqueeze(1)  # each row its positions
         return restore(fn(x_BKC, rot_B1Kh), idx_BK1, self.store[(self.layer, sub)], self.cache_hw, self.grid_hw)
@@ -184,8 +192,10 @@ def all_tokens(sub: int, x_BLC: torch.Tensor, rot_Lh: torch.Tensor | None, fn: S
     return fn(x_BLC, rot_Lh)
 
 
-def block_subsets(policy: PruningPolicy | None, si: int, schedule_grids, store: dict, depth: int) -> list:
-    """`TokenSubset` per block for scale si (None where the block runs exactly)."""
+def block_subsets(policy: PruningPolicy | None, si: int, schedule_grids, store: dict, depth: int,
+                  first_BL: torch.Tensor | None = None) -> list:
+    """`TokenSubset` per block for scale si (None where the block runs exactly); `first_BL`: the tokens
+    pruned scales compute first (farthest_tokens)."""
     out = [None] * depth
     if policy is None:
         return out
@@ -193,7 +203,7 @@ def block_subsets(policy: PruningPolicy | None, si: int, schedule_grids, store: 
     if plan is not None:
         cache_hw = schedule_grids[plan.cache_scale]
         for i in range(plan.first_layer, plan.end_layer):
-            out[i] = TokenSubset(i, schedule_grids[si], store, plan, cache_hw)
+            out[i] = TokenSubset(i, schedule_grids[si], store, plan, cache_hw, first_BL)
     for i in policy.cache_layers(si):
         out[i] = TokenSubset(i, schedule_grids[si], store)
     return out

@@ -238,7 +238,9 @@ def sample(
             guided = state.rows > B
             mix = lambda h, cfg=cfg: torch.cat([cfg * h[:B] + (1 - cfg) * h[B:]] * 2)  # noqa: E731
             layers = mix_layers if cfg != 1 and guided else frozenset()
-            hidden = model.forward_scale(x, si, state, mix_after_layers=layers, mix=mix, pruning=pruning)
+            first = _drawn_rows(teacher, si, B, schedule.tokens_per_scale[si], state.rows, pruning)
+            hidden = model.forward_scale(x, si, state, mix_after_layers=layers, mix=mix, pruning=pruning,
+                                         compute_first=first)
             if cfg != 1 and on_logits and guided:
                 logits = model.logits(hidden, state).mul(1 / tau)
                 logits = cfg * logits[:B] + (1 - cfg) * logits[B:]
@@ -293,6 +295,15 @@ def output_scales(n: int, pruning: PruningPolicy | None, teacher: TeacherForcing
     """How many scales of a run of n yield bits: all but the skipped ones that the teacher does not force whole."""
     n_net = pruning.scales_run(n) if pruning is not None else n
     return max(n_net, min(n, teacher.whole_scales if teacher is not None else 0))
+
+
+def _drawn_rows(teacher: TeacherForcing, si: int, batch: int, tokens: int, rows: int,
+                pruning: PruningPolicy | None) -> torch.Tensor | None:
+    """`[rows, L]` bool: the tokens a pruned scale computes first, the drawn ones (the kept ones' outputs are
+    replaced by the image's bits); None where nothing is pruned or the scale is not partly kept."""
+    if pruning is None or pruning.plan(si) is None or si >= teacher.num_scales or teacher.keep[si] is None:
+        return None
+    return (~teacher.keep_mask(si, batch, tokens)).repeat(rows // batch, 1)
 
 
 def _token_cells(keep_BL: torch.Tensor, grid_hw: tuple[int, int], patchify: bool) -> torch.Tensor:

@@ -131,16 +131,17 @@ class InfinityTransformer(nn.Module):
     # ---- one scale ---------------------------------------------------------------------------
     def forward_scale(self, x_BLC: torch.Tensor, si: int, state: GenerationState,
                       mix_after_layers: frozenset[int] = frozenset(), mix=None,
-                      pruning: PruningPolicy | None = None) -> torch.Tensor:
+                      pruning: PruningPolicy | None = None, compute_first: torch.Tensor | None = None) -> torch.Tensor:
         """Run every block on the tokens of scale `si` (appending them to the KV caches).
 
         `mix(x)` is applied after the layers in `mix_after_layers` (hidden-state guidance). `pruning`
-        decides, per block, which tokens are computed (None: all, exact mode).
+        decides, per block, which tokens are computed (None: all, exact mode); `compute_first` (`[rows, L]`
+        bool) are the tokens it computes before any other (a masked run's drawn tokens).
         """
         lvl = self.lvl_embed(torch.full((1,), si, dtype=torch.long, device=x_BLC.device))
         x_BLC = x_BLC.float() + lvl.float()
         rope = state.rope_rows(si, x_BLC.shape[1])
-        subsets = block_subsets(pruning, si, state.grids, state.pruned_outputs, len(self.blocks))
+        subsets = block_subsets(pruning, si, state.grids, state.pruned_outputs, len(self.blocks), compute_first)
         for i, (block, cond, cache) in enumerate(zip(self.blocks, state.blocks, state.caches)):
             x_BLC = block(x_BLC, cond, state.text_mask, rope, cache, state.compute_dtype, subsets[i])
             if i in mix_after_layers:

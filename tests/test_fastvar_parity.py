@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import reference_cases as rc
+from infinity_core.masks import TeacherForcing
 from infinity_core.pruning import build_policy
 from infinity_core.sampler import sample
 from shared_paths import SHARED
@@ -62,8 +63,9 @@ def test_fastvar_case(path):
     text, negative = case.text(), case.text(negative=True)
 
     def run(teacher=()):
+        teacher = TeacherForcing.first_scales(teacher)
         return sample(model, text, schedule, generators=[torch.Generator().manual_seed(seed)], settings=settings,
-                      negative=negative, batch=case.batch, teacher_bits=teacher, record_logits=True, pruning=policy)
+                      negative=negative, batch=case.batch, teacher=teacher, record_logits=True, pruning=policy)
 
     variants, ran = case.variants(), case.meta["fastvar"]["scales_run"]
     with torch.no_grad():

@@ -199,9 +199,12 @@ def test_advanced_preview_with_vae_and_settings(env, models):
     with torch.no_grad():
         rgb = models.vae.patcher.model.decode(z).clamp(-1, 1).add(1).div(2)[0].permute(1, 2, 0)
     assert np.array_equal(np.asarray(previews[-1]), rgb.mul(255).round().to(torch.uint8).numpy())
-    # sampling's estimate (tiny model, 0.06M, guided; by hand in test_memory) plus one 512x512 preview decode
-    # (VAE A: four 24-channel maps and RGB, float32)
-    assert env.mm.LOAD_CALLS[0]["memory_required"] == 7_330_432 + 512 * 512 * (4 * 24 + 3) * 4
+    # sampling's estimate for the 5 scales that run (tiny model, 0.06M, guided; the formula term by term in
+    # test_memory): its largest moment is building the RoPE table (twice its 11269 x 16 complex64) once the
+    # KV cache of the 57 tokens before scale 5 (2 rows, 4 layers, C 64, K and V, fp32) and the text keys and
+    # values exist; plus one 512x512 preview decode (VAE A: four 24-channel maps and RGB, float32)
+    sampling = 2 * 4 * 57 * 64 * 2 * 4 + 2 * 4 * 512 * 64 * 2 * 4 + 2 * 11269 * 16 * 8
+    assert env.mm.LOAD_CALLS[0]["memory_required"] == sampling + 512 * 512 * (4 * 24 + 3) * 4
 
 
 def test_preview_grids_fit_512_px(env):

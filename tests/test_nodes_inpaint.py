@@ -175,3 +175,20 @@ def test_composite_undoes_encodes_scale_and_crop(env, models, gradient_image):
     batch = torch.cat([generated] * 2)
     expect_error(lambda: run(env, "InfinityInpaintComposite", original=torch.cat([gradient_image] * 3),
                              generated=batch, mask=mask, feather=8), "original: 3")
+
+
+@pytest.mark.parametrize("pruning", ["fastvar", "prune"])
+def test_a_masked_latent_with_pruning_keeps_the_image_outside_the_mask(env, models, encoded, pruning):
+    mask = rect((256, 256), 60, 40, 200, 170)
+    out = sampler(env, models, latent_image=set_latent_noise_mask(encoded, mask), seed=3, pruning=pruning)
+    latent, totals = first(out), {u["total"] for u in env.utils.UPDATES}
+    kept_and_drawn_match(env, latent, encoded, mask)  # every scale that yields bits
+    outside = torch.nn.functional.max_pool2d(mask[None], 16)[0, 0] == 0
+    assert torch.equal(latent["samples"][0][:, outside], encoded["samples"][0][:, outside])
+    exact = first(sampler(env, models, latent_image=set_latent_noise_mask(encoded, mask), seed=3))
+    assert not torch.equal(latent["samples"][0][:, ~outside], exact["samples"][0][:, ~outside])
+    text = out.ui.as_dict()["text"][0]
+    assert "the mask regenerates" in text and pruning in text
+    if pruning == "fastvar":  # the skipped scales yield no bits; the progress bar counts the others
+        assert len(latent["infinity"]["bits"]) == len(encoded["infinity"]["bits"]) - 2
+        assert totals == {len(latent["infinity"]["bits"])}

@@ -63,4 +63,4 @@ def test_speed_widgets_refuse_what_cannot_run(env, models):
     assert "unguided_last_scales" in str(err.value) and "HINT" in str(err.value)
     with pytest.raises(Exception) as err:
         sampler(env, models, node="InfinitySamplerAdvanced", pruning="prune", prune_ratio=1.0)
-    assert "prune_ratio" in str(err.value) and "HINT" in str(err.value)
+    assert "prune_ratio" in str(err.value)  # the widget's max: ComfyUI refuses it before the node runs

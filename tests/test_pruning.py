@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from infinity_core.config import INFINITY_PRESETS, InfinityConfig
 from infinity_core.conditioning import TextEmbedding
 from infinity_core.errors import SamplingError
+from infinity_core.masks import TeacherForcing
 from infinity_core.memory import sampling_bytes
 from infinity_core.pruning import PruningPolicy, ScalePlan, TokenSubset, build_policy, farthest_tokens
 from infinity_core.quantizer import summed_codes, token_bits_to_vae
@@ -156,7 +157,7 @@ def test_patchify_layout_runs_with_pruning(prompt, template):
 
 def test_a_skipped_scale_keeps_the_teachers_tokens(tiny_transformer, prompt):
     source = _run(tiny_transformer, prompt, seed=8)
-    forced = _run(tiny_transformer, prompt, seed=9, teacher_bits=source.bits,
+    forced = _run(tiny_transformer, prompt, seed=9, teacher=TeacherForcing.first_scales(source.bits),
                   pruning=build_policy("fastvar", SQUARE, 4))
     assert forced.skipped == () and all(torch.equal(a, b) for a, b in zip(forced.bits, source.bits))
     assert torch.equal(forced.summed_codes, source.summed_codes)

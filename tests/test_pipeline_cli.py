@@ -51,6 +51,24 @@ def test_generate_edits_a_picture_through_a_mask(tiny_transformer, tiny_tokenize
         generate(tiny_transformer, tiny_tokenizer, None, request(prompt, image=picture, keep_scales=9))
 
 
+def test_generate_with_a_mask_and_pruning(tiny_transformer, tiny_tokenizer, prompt):
+    """The command line's path: --image --mask with --pruning fastvar keeps the picture outside the mask."""
+    from infinity_core.speed import SpeedSettings
+    y, x = torch.meshgrid(torch.linspace(0, 1, 256), torch.linspace(0, 1, 256), indexing="ij")
+    picture = torch.stack([x, y, (x + y) / 2], -1)[None]
+    mask = torch.zeros(1, 256, 256)
+    mask[:, 64:192, 32:160] = 1
+    edit = dict(image=picture, mask=mask, feather=8, seed=3)
+    fast, result = generate(tiny_transformer, tiny_tokenizer, None,
+                            request(prompt, speed=SpeedSettings("fastvar"), **edit))
+    exact, _ = generate(tiny_transformer, tiny_tokenizer, None, request(prompt, **edit))
+    assert result.skipped == (5, 6) and len(result.bits) == 5
+    far = torch.ones(256, 256, dtype=torch.bool)
+    far[64 - 9:192 + 9, 32 - 9:160 + 9] = False
+    assert torch.equal(fast[0][far], picture[0][far])
+    assert not torch.equal(fast[0][~far], exact[0][~far])  # the skipped scales change the regenerated part
+
+
 def test_empty_prompt_is_refused(tiny_transformer, tiny_tokenizer):
     class Encoder:
         def encode(self, prompts):

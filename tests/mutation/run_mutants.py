@@ -41,8 +41,9 @@ TARGETS = [
     "infinity_core/text_encoder.py", "infinity_core/memory.py",
     "nodes/sampling.py", "nodes/latents.py", "nodes/types.py", "nodes/comfy_glue.py", "nodes/loaders.py",
     "nodes/conditioning.py",
-    # mutated when present (other branches add them): masks as teacher forcing, the attention kernels, inpainting
-    "infinity_core/masks.py", "infinity_core/attention.py", "nodes/inpaint.py",
+    # teacher forcing and masks, the attention kernels, inpainting, token pruning and the speed settings
+    "infinity_core/masks.py", "infinity_core/attention.py", "nodes/inpaint.py", "infinity_core/pruning.py",
+    "infinity_core/speed.py",
 ]
 EQUIVALENT = HERE / "equivalent.txt"
 PRELOAD = ("torch", "numpy", "safetensors.torch", "PIL.Image", "transformers", "transformers.models.t5.modeling_t5",

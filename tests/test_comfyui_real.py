@@ -349,11 +349,13 @@ def test_a_mismatched_tokenizer_is_refused_before_sampling(comfy):
         errors[0]["exception_message"]
 
 
-def test_inpainting_respects_the_mask(comfy):
+@pytest.mark.parametrize("pruning", ["off", "fastvar"])
+def test_inpainting_respects_the_mask(comfy, pruning):
     """The inpaint template with the transparent hole of example_masked.png: Set Latent Noise Mask is
     respected (the sampled latent is the encoded one, cell for cell, wherever the mask paints nothing; it
     differs inside), and Infinity Inpaint Composite leaves every pixel farther than its feather from the
-    mask identical to the input file."""
+    mask identical to the input file. The same with FastVAR pruning on (its skipped scales keep the
+    image's tokens too)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -365,6 +367,7 @@ def test_inpainting_respects_the_mask(comfy):
     workflow = json.loads((REPO / "workflows" / "infinity_inpaint.json").read_text())
     prompt = make_fast(convert(workflow, comfy.object_info))
     ids = {n["class_type"]: k for k, n in prompt.items()}
+    prompt[ids["InfinitySampler"]]["inputs"]["pruning"] = pruning
     tag = uuid.uuid4().hex[:8]
     for name, source in (("sampled", "InfinitySampler"), ("encoded", "InfinityEncode")):
         prompt[f"save_{name}"] = {"class_type": "SaveLatent",

@@ -247,3 +247,24 @@ def test_cli_generate_with_pruning(tmp_path, tiny_transformer, tiny_tokenizer, p
     assert (tmp_path / "x.png").is_file()
     assert seen[0].speed == pipeline.SpeedSettings("fastvar", 0.4, 2)
     assert "fastvar (ratio 0.4)" in caplog.text and "skipped" in caplog.text
+
+
+def test_fastvar_with_ratio_zero_is_the_skip_alone(tiny_transformer, prompt):
+    """No scale pruned, the last two skipped: the first five scales are the exact run's, bit for bit."""
+    policy = build_policy("fastvar", SQUARE, 4, ratio=0.0)
+    assert policy.plans == () and policy.skip_from == 5
+    exact, skipped = _run(tiny_transformer, prompt), _run(tiny_transformer, prompt, pruning=policy)
+    assert skipped.skipped == (5, 6) and len(skipped.bits) == 5
+    assert all(torch.equal(a, b) for a, b in zip(exact.bits, skipped.bits))
+
+
+def test_a_plan_without_layers_is_refused(tiny_transformer, prompt):
+    empty = PruningPolicy("hand-made", ((4, ScalePlan(0.5, 2, 2, 2)),))
+    with pytest.raises(SamplingError, match="layers"):
+        _run(tiny_transformer, prompt, pruning=empty)
+
+
+def test_progress_counts_the_scales_that_yield_bits(tiny_transformer, prompt):
+    seen = []
+    _run(tiny_transformer, prompt, pruning=build_policy("fastvar", SQUARE, 4), callback=seen.append)
+    assert [(p.index, p.total) for p in seen] == [(si, 5) for si in range(5)]

@@ -274,6 +274,8 @@ def test_the_default_settings_are_the_2b_release_settings_with_no_filters(tiny_t
     explicit = run(tiny_transformer, prompt, 6, settings=SamplerSettings(cfg=3.0, tau=0.5, top_k=0, top_p=0.0,
                                                                         cfg_insertion_layer=(0,)))
     assert all(torch.equal(a, b) for a, b in zip(default.bits, explicit.bits))
+    plain = sample(tiny_transformer, prompt, SQUARE, generators=make_generators(6, 1))
+    assert plain.logits is None and all(torch.equal(a, b) for a, b in zip(plain.bits, default.bits))  # no copies kept
     for other in (SamplerSettings(cfg=6.0), SamplerSettings(tau=1.0), SamplerSettings(top_k=1)):
         assert not all(torch.equal(a, b) for a, b in zip(run(tiny_transformer, prompt, 6, settings=other).bits,
                                                           default.bits)), other

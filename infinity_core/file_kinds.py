@@ -101,7 +101,7 @@ def peek_tokenizer_config(path) -> VAEConfig:
         header = _header(p) or {}
         sd = {k: torch.empty(v["shape"], device="meta") for k, v in header.items() if k != "__metadata__"}
     else:
-        sd = unwrap_state_dict(read_file(p), str(p))  # torch.load(mmap=True): tensors are not read
+        sd = unwrap_state_dict(read_file(p), str(p))  # read_file: weights_only=True, mmap, so tensors are not read
     try:
         return vae_config_from_state_dict(remap_vae_keys(sd))
     except (KeyError, IndexError) as err:

@@ -36,9 +36,14 @@ class SpeedSettings:
               num_scales: int | None = None) -> tuple[SamplerSettings, PruningPolicy | None]:
         """(sampler settings, pruning policy) for a run of the first `num_scales` scales (all by default)."""
         policy = self.policy(schedule, depth)
+        return self.guidance(settings, schedule, policy, num_scales), policy
+
+    def guidance(self, settings: SamplerSettings, schedule: ScaleSchedule, policy: PruningPolicy | None,
+                 num_scales: int | None = None) -> SamplerSettings:
+        """`settings` with `unguided_last_scales` applied to the scales that run under `policy`."""
         n = schedule.num_scales if not num_scales else min(num_scales, schedule.num_scales)
         run = policy.scales_run(n) if policy is not None else n
-        return unguided_last(settings, self.unguided_last_scales, schedule.num_scales, run), policy
+        return unguided_last(settings, self.unguided_last_scales, schedule.num_scales, run)
 
 
 def unguided_last(settings: SamplerSettings, scales: int, num_scales: int, last: int) -> SamplerSettings:

@@ -62,11 +62,12 @@ def _settings(model: ModelHandle, n: int, cfg: float, tau: float, cfg_list: str,
     return SamplerSettings(**{k: v for values in fields.values() for k, v in values.items()})
 
 
-def _speed(model: ModelHandle, schedule, settings: SamplerSettings, speed: SpeedSettings, stop_after: int):
-    """The sampler settings and pruning policy with the speed widgets applied (errors name the widget)."""
+def _speed(model: ModelHandle, schedule, settings: SamplerSettings, speed: SpeedSettings, n: int):
+    """The sampler settings and pruning policy of a run of n scales with the speed widgets applied (errors
+    name the widget)."""
     with about("prune_ratio" if speed.pruning != "off" else "pruning"):
-        speed.policy(schedule, model.config.depth)
-    return speed.apply(settings, schedule, model.config.depth, stop_after)
+        policy = speed.policy(schedule, model.config.depth)
+    return speed.guidance(settings, schedule, policy, n), policy
 
 
 def _schedule(model: ModelHandle, width: int, height: int, budget: str, latent) -> tuple:
@@ -181,11 +182,9 @@ def _preview_grid(hw: tuple[int, int], stride: int, size: int) -> tuple[int, int
     return max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale))
 
 
-def _previewer(grids, vae: TokenizerHandle | None):
-    """First image of the batch after each scale (ComfyUI's --preview-size at most): decoded at the scale's own
-    grid if a VAE is given (opt-in: exact, costs a decode), else a cheap colour projection."""
-    _, size = glue.preview_settings()
-
+def _previewer(grids, vae: TokenizerHandle | None, size: int):
+    """First image of the batch after each scale (`size`: ComfyUI's --preview-size, at most): decoded at the
+    scale's own grid if a VAE is given (opt-in: exact, costs a decode), else a cheap colour projection."""
     def preview(step) -> Image.Image:
         if vae is None:
             rgb = preview_rgb(step.summed_codes_Bd1HW[:1], size)[0]
@@ -198,8 +197,7 @@ def _previewer(grids, vae: TokenizerHandle | None):
 
 
 def _run(model: ModelHandle, schedule, texts, settings: SamplerSettings, seed: int, batch: int, teacher,
-         indices, stop_after: int, vae: TokenizerHandle | None, node_id, pruning=None):
-    n = min(stop_after, schedule.num_scales) if stop_after > 0 else schedule.num_scales
+         indices, n: int, vae: TokenizerHandle | None, node_id, pruning=None):
     attention = attention_plan_for(model.patcher.load_device, model.compute_dtype)
     need = run_memory(model.config, schedule, batch, settings, model.compute_dtype, pruning, n, attention=attention)
     previews, size = glue.preview_settings()
@@ -210,7 +208,7 @@ def _run(model: ModelHandle, schedule, texts, settings: SamplerSettings, seed: i
     glue.load_models([model.patcher] + ([vae.patcher] if vae else []), need, f"sampling {batch} image(s) of {w}x{h}",
                      hint="lower batch_size or the pixel budget")
     callback = glue.progress_callback(output_scales(n, pruning, teacher), node_id,
-                                      _previewer(schedule.vae_grids(model.patchify), vae))
+                                      _previewer(schedule.vae_grids(model.patchify), vae, size))
     return sample(model.patcher.model, texts[0], schedule, generators=make_generators(seed, batch, indices=indices),
                   settings=settings, patchify=model.patchify, negative=texts[1], batch=batch, teacher=teacher,
                   stop_after=n, device=model.patcher.load_device, compute_dtype=model.compute_dtype,
@@ -306,10 +304,11 @@ class InfinitySampler(io.ComfyNode):
                 prune_ratio: float = DEFAULT_RATIO) -> io.NodeOutput:
         schedule, view = _schedule(model, width, height, budget, latent_image)
         n = schedule.num_scales
+        stop = min(stop_after_scale, n) if stop_after_scale > 0 else n  # the scales this run takes
         k = _teacher_scales(n, view, denoise, regenerate_from_scale)
         settings = _settings(model, n, cfg, tau, cfg_list, tau_list, top_k, top_p, cfg_insertion_layer)
         settings, policy = _speed(model, schedule, settings, SpeedSettings(pruning, prune_ratio, unguided_last_scales),
-                                  stop_after_scale)
+                                  stop)
         batch, view = _batch(view, batch_size)
         texts = _texts(model, positive, negative, batch)
         _check_vae(model, vae)
@@ -317,14 +316,12 @@ class InfinitySampler(io.ComfyNode):
         indices = seed_indices(view, batch)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         _check_downstream_tokenizer(model, cls.hidden.prompt if cls.hidden is not None else None, node_id)
-        result = _run(model, schedule, texts, settings, seed, batch, teacher, indices, stop_after_scale, vae, node_id,
-                      policy)
+        result = _run(model, schedule, texts, settings, seed, batch, teacher, indices, stop, vae, node_id, policy)
         bits = [token_bits_to_vae(b, schedule.grids[si], model.patchify) for si, b in enumerate(result.bits)]
         latent = pack_latent(result.summed_codes, bits, schedule, model.patchify, glue.intermediate_device())
         latent = carry_extras(latent_image, latent, indices)
         requested = None if view is not None else (width, height)
         seeds = f"; seeds: seed + batch_index {indices}" if indices is not None else ""
-        stop = min(stop_after_scale, n) if stop_after_scale > 0 else n
         text = _describe(schedule, requested, budget if view is None else schedule.budget, k, len(bits))
         text += mask_text + seeds + _speed_text(schedule, settings, policy, stop)
         return io.NodeOutput(latent, ui=ui.PreviewText(text))

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SamplingError
+from .resize import area_2d
 from .schedules import ScaleSchedule
 
 PRESETS = ("off", "prune", "fastvar")
@@ -158,7 +159,7 @@ def restore(out_BKC: torch.Tensor, idx_BK1: torch.Tensor, cached_BlC: torch.Tens
             cache_hw: tuple[int, int], grid_hw: tuple[int, int]) -> torch.Tensor:
     """The cached scale's output area-resampled to the grid, with the computed tokens written in."""
     B, _, C = cached_BlC.shape
-    up = F.interpolate(cached_BlC.view(B, *cache_hw, C).permute(0, 3, 1, 2), size=grid_hw, mode="area")
+    up = area_2d(cached_BlC.view(B, *cache_hw, C).permute(0, 3, 1, 2), grid_hw)  # MPS: uneven sizes on the host
     full_BLC = up.permute(0, 2, 3, 1).reshape(B, grid_hw[0] * grid_hw[1], C)
     return full_BLC.scatter_(1, idx_BK1.expand(-1, -1, C), out_BKC)
 

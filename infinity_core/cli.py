@@ -13,6 +13,7 @@ import torch
 from . import devices
 from .errors import InfinityError
 from .images import save_png
+from .schedules import AUTO_BUDGET, PIXEL_BUDGETS
 
 log = logging.getLogger("infinity_core")
 
@@ -219,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tokenizer", help="T5 tokenizer folder (default: beside the text encoder)")
     g.add_argument("--width", type=int, default=1024)
     g.add_argument("--height", type=int, default=1024)
-    g.add_argument("--budget", default="auto", choices=["auto", "0.06M", "0.25M", "0.60M", "1M"],
+    g.add_argument("--budget", default=AUTO_BUDGET, choices=[AUTO_BUDGET, *PIXEL_BUDGETS],
                    help="pixel budget; auto (default): the one whose size is nearest to width x height")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch", type=int, default=1)

@@ -117,6 +117,17 @@ def nearest_budget(template: float, width: int, height: int) -> str:
 def schedule_for_size(width: int, height: int, budget: str = AUTO_BUDGET) -> ScaleSchedule:
     """Snap a requested width/height to the nearest aspect template at the given pixel budget ("auto": the
     budget nearest in pixel count to width x height)."""
+    template = template_for_size(width, height)
+    return ScaleSchedule(template, resolve_budget(budget, template, width, height))
+
+
+def resolve_budget(budget: str, template: float, width: int, height: int) -> str:
+    """`budget` itself, or for "auto" the budget nearest in pixel count to width x height at this template."""
+    return nearest_budget(template, width, height) if budget == AUTO_BUDGET else budget
+
+
+def template_for_size(width: int, height: int) -> float:
+    """The aspect template nearest to a requested width/height (sizes Infinity cannot snap are refused)."""
     if min(width, height) < MIN_SIDE or max(width, height) > MAX_SIDE:
         raise ResolutionError(f"{width}x{height} is too far outside the sizes Infinity generates "
                               f"(its templates span 144..1776 px per side; requests are snapped to them)",
@@ -125,8 +136,7 @@ def schedule_for_size(width: int, height: int, budget: str = AUTO_BUDGET) -> Sca
     if max(width / height, height / width) > MAX_ASPECT:
         raise ResolutionError(f"aspect ratio {width}x{height} is beyond 4:1; Infinity's templates go from 1:3 to 3:1",
                               hint="pick a width/height ratio between 1:3 and 3:1 (up to 4:1 is snapped to 3:1)")
-    template = nearest_template(height / width)
-    return ScaleSchedule(template, nearest_budget(template, width, height) if budget == AUTO_BUDGET else budget)
+    return nearest_template(height / width)
 
 
 def schedule_from_grids(grids) -> ScaleSchedule:

@@ -24,8 +24,8 @@ from ..infinity_core.conditioning import TextEmbedding
 from ..infinity_core.config import InfinityConfig, VAEConfig
 from ..infinity_core.errors import IncompatibleModelsError, InfinityError, ResolutionError
 from ..infinity_core.quantizer import quantize_multiscale, summed_codes
-from ..infinity_core.schedules import (AUTO_BUDGET, PIXEL_BUDGETS, TEMPLATES, ScaleSchedule, nearest_budget,
-                                       schedule_for_final_grid, schedule_for_size)
+from ..infinity_core.schedules import (AUTO_BUDGET, PIXEL_BUDGETS, TEMPLATES, ScaleSchedule, resolve_budget,
+                                       schedule_for_final_grid, template_for_size)
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,9 @@ def schedule_for_widgets(width: int, height: int, budget: str, size_widget: str 
     """width/height snapped to a template (errors name `size_widget`) at the pixel budget (errors name `budget`);
     budget "auto" is the one whose pixel count is nearest to width x height."""
     with about(size_widget):
-        template = schedule_for_size(width, height).template
+        template = template_for_size(width, height)
     with about("budget"):
-        return ScaleSchedule(template, nearest_budget(template, width, height) if budget == AUTO_BUDGET else budget)
+        return ScaleSchedule(template, resolve_budget(budget, template, width, height))
 
 
 def describe_budget(budget: str, schedule: ScaleSchedule) -> str:

@@ -18,10 +18,11 @@ def attention(q_BHLc: torch.Tensor, k_BHLc: torch.Tensor, v_BHLc: torch.Tensor, 
               scale: float | None = None) -> torch.Tensor:
     plan = attention_plan_for(q_BHLc.device, q_BHLc.dtype)
     keys = k_BHLc.shape[-2]
-    if not plan.chunk and not plan.upcast(q_BHLc.dtype, keys):
+    upcast = plan.upcast(q_BHLc.dtype, keys)
+    if not plan.chunk and not upcast:
         return F.scaled_dot_product_attention(q_BHLc, k_BHLc, v_BHLc, attn_mask=attn_mask, scale=scale)
     out_dtype = q_BHLc.dtype
-    if plan.upcast(q_BHLc.dtype, keys):  # 16-bit softmax over this many keys loses precision there
+    if upcast:  # 16-bit softmax over this many keys loses precision there
         q_BHLc, k_BHLc, v_BHLc = q_BHLc.float(), k_BHLc.float(), v_BHLc.float()
     B, H, L, _ = q_BHLc.shape
     step = plan.query_rows(B * H, keys) if plan.chunk else L
@@ -29,9 +30,10 @@ def attention(q_BHLc: torch.Tensor, k_BHLc: torch.Tensor, v_BHLc: torch.Tensor, 
         o = F.scaled_dot_product_attention(q_BHLc, k_BHLc, v_BHLc, attn_mask=attn_mask, scale=scale)
         return o.to(out_dtype)
     out = q_BHLc.new_empty(B, H, L, v_BHLc.shape[-1], dtype=out_dtype)
+    per_query = attn_mask is not None and attn_mask.shape[-2] != 1  # else one mask row serves every slice
     for start in range(0, L, step):
         rows = slice(start, min(start + step, L))
-        mask = attn_mask[..., rows, :] if attn_mask is not None and attn_mask.shape[-2] != 1 else attn_mask
+        mask = attn_mask[..., rows, :] if per_query else attn_mask
         out[:, :, rows] = F.scaled_dot_product_attention(q_BHLc[:, :, rows], k_BHLc, v_BHLc, attn_mask=mask,
                                                          scale=scale)
     return out

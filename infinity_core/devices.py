@@ -72,7 +72,7 @@ def describe(device) -> DeviceInfo:
 
 def reset() -> None:
     """Forget every cached answer (tests that mock the device queries)."""
-    for fn in (describe, attention_plan_for, _ffn_rows_for, resize_kernels_for):
+    for fn in (describe, attention_plan_for, ffn_rows_for, resize_kernels_for):
         fn.cache_clear()
 
 
@@ -180,12 +180,8 @@ def ffn_rows(info: DeviceInfo, hidden: int, dtype: torch.dtype) -> int:
 
 
 @lru_cache(maxsize=None)
-def _ffn_rows_for(device, hidden: int, dtype: torch.dtype) -> int:
-    return ffn_rows(describe(device), hidden, dtype)
-
-
 def ffn_rows_for(device: torch.device, hidden: int, dtype: torch.dtype) -> int:
-    return _ffn_rows_for(device, hidden, dtype)
+    return ffn_rows(describe(device), hidden, dtype)
 
 
 # ---- resizes ------------------------------------------------------------------------------------------

@@ -102,9 +102,10 @@ def storage_cast(sd: dict[str, torch.Tensor], storage: torch.dtype, compute: tor
     and FFN matrices only: the AdaLN modulation (shared_ada_lin, ada_gss, head_nm), the head, the
     embeddings, text projections, norms and biases keep the compute dtype; they are small, and every
     token passes through them (quantising them is a quality risk for 3% of the memory)."""
-    def target(key: str) -> torch.dtype:
-        return storage if not is_fp8(storage) or _FP8_MATRIX.fullmatch(key) else compute
-    return {k: v.to(target(k)) if v.is_floating_point() else v for k, v in sd.items()}
+    if not is_fp8(storage):
+        return cast_floats(sd, storage)
+    return {k: v.to(storage if _FP8_MATRIX.fullmatch(k) else compute) if v.is_floating_point() else v
+            for k, v in sd.items()}
 
 
 def load_transformer(path, *, dtype=None, device="cpu", ops=default_ops) -> InfinityTransformer:

@@ -286,13 +286,16 @@ def progress_callback(total: int, node_id, preview=None):
 def step_counter(total: int, node_id):
     """A progress bar for `total` units of work; calling the result marks one done and checks Cancel."""
     bar = comfy.utils.ProgressBar(total, node_id=node_id)
-    done = [0]
 
     def step() -> None:
-        done[0] += 1
-        bar.update_absolute(done[0], total)
+        bar.update(1)
         mm.throw_exception_if_processing_interrupted()
     return step
+
+
+def hidden_input(node_cls, name: str):
+    """A hidden input the schema declares (`unique_id`, `prompt`), or None when run without a server."""
+    return getattr(node_cls.hidden, name) if node_cls.hidden is not None else None
 
 
 def throw_if_interrupted() -> None:

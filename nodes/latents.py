@@ -111,7 +111,7 @@ class InfinityDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, samples: dict, vae: TokenizerHandle, tile_size: int = 0) -> io.NodeOutput:
-        node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        node_id = glue.hidden_input(cls, "unique_id")
         return io.NodeOutput(decode_latent(vae, samples, tile_size, node_id))
 
 

@@ -21,10 +21,6 @@ def download_input() -> io.Boolean.Input:
                             label_off="never download", tooltip=DOWNLOAD_TOOLTIP)
 
 
-def _hidden_id(cls):
-    return cls.hidden.unique_id if cls.hidden is not None else None
-
-
 def _output(handle, message: str) -> io.NodeOutput:
     return io.NodeOutput(handle, ui=ui.PreviewText(message)) if message else io.NodeOutput(handle)
 
@@ -64,7 +60,7 @@ class InfinityTransformerLoader(io.ComfyNode):
                 download_missing: bool = False) -> io.NodeOutput:
         with about("model_name"):
             path, message = glue.resolve(glue.TRANSFORMER_FOLDERS, model_name, "transformer", download_missing,
-                                         _hidden_id(cls))
+                                         glue.hidden_input(cls, "unique_id"))
             return _output(glue.load_transformer(path, weight_dtype, spatial_patchify), message)
 
 
@@ -92,7 +88,7 @@ class InfinityTokenizerLoader(io.ComfyNode):
     def execute(cls, vae_name: str, download_missing: bool = False) -> io.NodeOutput:
         with about("vae_name"):
             path, message = glue.resolve(glue.TOKENIZER_FOLDERS, vae_name, "tokenizer", download_missing,
-                                         _hidden_id(cls))
+                                         glue.hidden_input(cls, "unique_id"))
             return _output(glue.load_tokenizer(path), message)
 
 
@@ -127,5 +123,5 @@ class InfinityTextEncoderLoader(io.ComfyNode):
     def execute(cls, text_encoder_name: str, dtype: str = "default", download_missing: bool = False) -> io.NodeOutput:
         with about("text_encoder_name"):
             path, message = glue.resolve(glue.TEXT_ENCODER_FOLDERS, text_encoder_name, "text_encoder",
-                                         download_missing, _hidden_id(cls))
+                                         download_missing, glue.hidden_input(cls, "unique_id"))
             return _output(glue.load_text_encoder(path, dtype), message)

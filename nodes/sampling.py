@@ -314,8 +314,8 @@ class InfinitySampler(io.ComfyNode):
         _check_vae(model, vae)
         teacher, mask_text = teacher_for(view, k, batch, model.patchify)
         indices = seed_indices(view, batch)
-        node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        _check_downstream_tokenizer(model, cls.hidden.prompt if cls.hidden is not None else None, node_id)
+        node_id = glue.hidden_input(cls, "unique_id")
+        _check_downstream_tokenizer(model, glue.hidden_input(cls, "prompt"), node_id)
         result = _run(model, schedule, texts, settings, seed, batch, teacher, indices, stop, vae, node_id, policy)
         bits = [token_bits_to_vae(b, schedule.grids[si], model.patchify) for si, b in enumerate(result.bits)]
         latent = pack_latent(result.summed_codes, bits, schedule, model.patchify, glue.intermediate_device())

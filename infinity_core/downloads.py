@@ -165,6 +165,10 @@ def _plan_sharded(step: Step) -> None:
 
 def _plan_t5(step: Step) -> None:
     spec = step.spec
+    for name in spec.extra_files:  # the tokenizer, beside the encoder file
+        step.items.append(_item(safe_join(step.dest.parent, name), spec.repo, spec.revision, name))
+    if is_verified(step.dest):  # only a tokenizer file is missing: the encoder file is not built again
+        return
     work = step.dest.parent / ".download"
     index = _item(work / "model.safetensors.index.json", spec.repo, spec.revision, spec.path)
     try:
@@ -183,8 +187,6 @@ def _plan_t5(step: Step) -> None:
         selected.update(wanted)
         runs[shard], remotes[shard] = t5file.runs(shard, list(wanted.values())), rem
     t5file.check_complete(selected, index.remote.url)
-    for name in spec.extra_files:  # the tokenizer, beside the encoder file
-        step.items.append(_item(safe_join(step.dest.parent, name), spec.repo, spec.revision, name))
     step.t5 = {"work": work, "selected": selected, "runs": runs, "remotes": remotes,
                "commit": index.remote.commit, "shard_sha256": {s: r.sha256 for s, r in remotes.items()}}
 

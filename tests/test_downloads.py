@@ -86,6 +86,20 @@ def test_t5_encoder_only_file_from_byte_ranges(online, tmp_path):
         assert torch.equal(v, source[k].to(v.dtype)), k
 
 
+def test_a_missing_tokenizer_file_does_not_rebuild_the_encoder(online, tmp_path):
+    fetch([official("t5")], tmp_path)
+    folder = tmp_path / "text_encoders" / "flan-t5-xl-encoder"
+    out = folder / "flan_t5_xl_encoder_fp16.safetensors"
+    built = out.stat().st_mtime_ns
+    (folder / "tokenizer.json").unlink()
+    online.requests.clear()
+    report = fetch([official("t5")], tmp_path)
+    assert (folder / "tokenizer.json").read_bytes() == (TOKENIZER_DIR / "tokenizer.json").read_bytes()
+    assert out.stat().st_mtime_ns == built and report.paths == [out]
+    shards = [r for r in online.requests if "model-0000" in r.path]
+    assert not shards, [r.path for r in shards]  # no shard header or encoder byte asked for again
+
+
 def test_sharded_8b_index_comes_last_and_loads(online, tmp_path):
     from infinity_core.loading import load_transformer
     fetch([official("8b")], tmp_path)

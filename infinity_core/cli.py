@@ -131,7 +131,6 @@ def cmd_generate(args) -> int:
     missing = _missing_files(args)
     if missing and args.download:
         _download([args.model], _models_dir(args))
-        _resolve_files(args)
         missing = _missing_files(args)
     if missing:
         from .downloads import manual_instructions

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -47,7 +46,7 @@ class Progress:
     done: int
     total: int
     what: str
-    phase: str  # "download" | "verify" | "convert"
+    phase: str  # "download" | "verify"
 
 
 @dataclass
@@ -267,7 +266,7 @@ def _need_space(steps: list[Step]) -> None:
         if s.present:
             continue
         out = s.t5["selected"].items() if s.t5 else ()
-        extra = sum(math.prod(t.shape) * t5file.itemsize(t5file.target_dtype(name)) for name, t in out)
+        extra = sum(t5file.out_nbytes(name, t) for name, t in out)
         by_dir[s.dest.parent] = by_dir.get(s.dest.parent, 0) + s.fetch_bytes + extra
     for folder, need in by_dir.items():
         _make_dir(folder)
@@ -294,12 +293,17 @@ def _verify_and_place(item: Item, count: _Counter, spec: ModelFile) -> None:
     else:
         log.warning("%s: the hub reports no checksum; only its size was checked", item.remote.url)
     os.replace(part, item.dest)
-    record(item.dest, etag=item.remote.etag, commit=item.remote.commit, url=item.remote.url,
-           repo=spec.repo, revision=spec.revision)
+    _record(item, spec)
     count.phase = "download"
 
 
-def _adopt_existing(item: Item, spec: ModelFile, count: _Counter) -> bool:
+def _record(item: Item, spec: ModelFile) -> None:
+    """The verified official file, remembered so later runs skip it without hashing."""
+    record(item.dest, etag=item.remote.etag, commit=item.remote.commit, url=item.remote.url,
+           repo=spec.repo, revision=spec.revision)
+
+
+def _adopt_existing(item: Item, spec: ModelFile) -> bool:
     """A file already under the final name: keep it if it is the official one, refuse to touch it otherwise."""
     if not item.dest.exists():
         return False
@@ -308,15 +312,14 @@ def _adopt_existing(item: Item, spec: ModelFile, count: _Counter) -> bool:
         return True
     if item.remote.etag and item.dest.stat().st_size == item.size and \
             file_digest(item.dest, item.remote.etag, None) == item.remote.etag:
-        record(item.dest, etag=item.remote.etag, commit=item.remote.commit, url=item.remote.url,
-               repo=spec.repo, revision=spec.revision)
+        _record(item, spec)
         return True
     raise DownloadError(f"{item.dest} exists but is not the official file ({item.remote.url})",
                         hint="it is left untouched: move or rename it, then run the download again")
 
 
 def _fetch_item(item: Item, spec: ModelFile, count: _Counter) -> int:
-    if _adopt_existing(item, spec, count):
+    if _adopt_existing(item, spec):
         return 0
     for stale in item.dest.parent.glob(f"{item.dest.name}.*.part"):
         if stale != item.part:  # a part of an older upstream version
@@ -339,14 +342,13 @@ def _build_t5(step: Step, count: _Counter) -> int:
             count.what = f"{shard} (encoder bytes {run.start}-{run.end})"
             fetched += _run_missing(step, run)
             hub.fetch(rem, part, start=run.start, length=run.length, on_bytes=count)
-            run_files[(shard, run.start)] = part
+            run_files[run] = part
     out_part = step.dest.with_name(step.dest.name + ".part")
-    count.phase, count.what = "convert", step.dest.name
     meta = {"source": f"{step.spec.repo}@{plan_t5['commit'] or step.spec.revision}",
             "shards_sha256": json.dumps(plan_t5["shard_sha256"], sort_keys=True),
             "dtype": "fp16; *.wo.weight fp32 (as transformers keeps them)"}
     try:
-        t5file.write_encoder_file(out_part, plan_t5["selected"], run_files, plan_t5["runs"], meta)
+        t5file.write_encoder_file(out_part, plan_t5["selected"], run_files, meta)
         t5file.verify_encoder_file(out_part, plan_t5["selected"])
     except DownloadError:
         out_part.unlink(missing_ok=True)
@@ -357,7 +359,6 @@ def _build_t5(step: Step, count: _Counter) -> int:
     record(step.dest, etag=None, commit=plan_t5["commit"], url=step.spec.url, repo=step.spec.repo,
            revision=step.spec.revision, built_from=plan_t5["shard_sha256"])
     shutil.rmtree(plan_t5["work"], ignore_errors=True)
-    count.phase = "download"
     return fetched
 
 

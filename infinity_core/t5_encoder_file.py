@@ -78,7 +78,7 @@ def parse_header(raw: bytes, source: str, file_size: int | None = None) -> list[
             shape, dtype = tuple(int(s) for s in info["shape"]), str(info["dtype"])
         except (KeyError, TypeError, ValueError):
             raise DownloadError(f"{source}: malformed entry for tensor {name!r}", hint="re-run the download") from None
-        size = itemsize(_DTYPES[dtype]) if dtype in _DTYPES else None
+        size = _DTYPES[dtype].itemsize if dtype in _DTYPES else None
         if size is None or not 0 <= a <= b or (b - a) != math.prod(shape) * size or \
                 (file_size is not None and base + b > file_size):
             raise DownloadError(f"{source}: tensor {name!r} ({dtype} {list(shape)}) has an inconsistent byte range",
@@ -109,8 +109,9 @@ def runs(shard: str, tensors: list[Tensor]) -> list[Run]:
     return found
 
 
-def itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+def out_nbytes(name: str, t: Tensor) -> int:
+    """Bytes of a selected tensor in the written file (in its target dtype)."""
+    return math.prod(t.shape) * target_dtype(name).itemsize
 
 
 def target_dtype(name: str) -> torch.dtype:
@@ -128,37 +129,35 @@ def check_complete(selected: dict[str, Tensor], source: str) -> None:
                             hint="the repository's files changed; report this, or download the full folder by hand")
 
 
-def write_encoder_file(out_path: Path, selected: dict[str, Tensor], run_files: dict[tuple[str, int], Path],
-                       runs_by_shard: dict[str, list[Run]], metadata: dict[str, str], on_tensor=None) -> None:
+def write_encoder_file(out_path: Path, selected: dict[str, Tensor], run_files: dict[Run, Path],
+                       metadata: dict[str, str]) -> None:
     """Stream the selected tensors (converted) from the fetched run files into one safetensors file.
-    One tensor is in memory at a time; `on_tensor(nbytes)` is called after each (it may raise to stop)."""
+    One tensor is in memory at a time."""
     names = sorted(selected)
     layout, offset = {}, 0
     for name in names:
         t = selected[name]
-        nbytes = math.prod(t.shape) * itemsize(target_dtype(name))
+        nbytes = out_nbytes(name, t)
         layout[name] = {"dtype": _NAMES[target_dtype(name)], "shape": list(t.shape), "data_offsets": [offset,
                                                                                                       offset + nbytes]}
         offset += nbytes
     header = json.dumps({"__metadata__": dict(metadata, format="pt"), **layout}, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)
-    where = {t: (run, shard) for shard, rs in runs_by_shard.items() for run in rs for t in run.tensors}
+    where = {t: run for run in run_files for t in run.tensors}
     with open(out_path, "wb") as out:
         out.write(struct.pack("<Q", len(header)))
         out.write(header)
         for name in names:
             t = selected[name]
-            run, shard = where[t]
-            with open(run_files[(shard, run.start)], "rb") as src:
+            run = where[t]
+            with open(run_files[run], "rb") as src:
                 src.seek(t.start - run.start)
                 raw = bytearray(src.read(t.end - t.start))
             if len(raw) != t.end - t.start:
-                raise DownloadError(f"the fetched bytes of {shard} end early (tensor {name})",
+                raise DownloadError(f"the fetched bytes of {run.shard} end early (tensor {name})",
                                     hint="re-run the download; the partial parts are fetched again")
             value = torch.frombuffer(raw, dtype=_DTYPES[t.dtype]).reshape(t.shape).to(target_dtype(name))
             out.write(value.contiguous().view(torch.uint8).numpy().tobytes())
-            if on_tensor is not None:
-                on_tensor(t.end - t.start)
 
 
 def verify_encoder_file(path: Path, selected: dict[str, Tensor]) -> None:

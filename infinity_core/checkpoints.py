@@ -71,7 +71,7 @@ def _unreadable_pickle(path: Path, err: Exception) -> CheckpointError:
 MAX_INDEX_BYTES = 64 * 2**20  # Infinity-8B's index is about 100 KB: a bigger "index" is not one
 
 
-def _weight_map(index_path: Path) -> dict[str, str]:
+def read_weight_map(index_path: Path) -> dict[str, str]:
     """The index's `weight_map` (tensor name -> shard file), checked to be one."""
     try:
         if index_path.stat().st_size > MAX_INDEX_BYTES:
@@ -120,7 +120,7 @@ def shard_path(index_path: Path, name: str) -> Path:
 def _load_sharded(index_path: Path) -> dict[str, torch.Tensor]:
     """All shards an index names, each read once; a tensor in two shards, or missing from the shard the
     index names, is refused (a mix of two downloads)."""
-    weight_map = _weight_map(index_path)
+    weight_map = read_weight_map(index_path)
     shards: dict[Path, str] = {}
     for name in weight_map.values():
         shards.setdefault(shard_path(index_path, name), name)

@@ -29,7 +29,8 @@ from typing import Callable
 
 from . import hub
 from . import t5_encoder_file as t5file
-from .errors import DownloadError
+from .checkpoints import read_weight_map
+from .errors import CheckpointError, DownloadError
 from .model_files import ModelFile, gb
 from .model_folder import RECORD, file_digest, is_verified, record, recorded, safe_join
 
@@ -140,19 +141,19 @@ def _make_dir(folder: Path) -> None:
         raise hub.disk_error(err, folder) from None
 
 
-def _small_file(item: Item) -> bytes:
-    """A small remote file (an index, a header) fetched into its part file and read back."""
+def _small_file(item: Item) -> Path:
+    """A small remote file (an index) fetched into its part file."""
     _make_dir(item.part.parent)
     hub.fetch(item.remote, item.part, length=item.size)
-    return item.part.read_bytes()
+    return item.part
 
 
 def _plan_sharded(step: Step) -> None:
     spec = step.spec
     index = _item(step.dest, spec.repo, spec.revision, spec.path, spec.sha256)
     try:
-        weight_map = json.loads(_small_file(index))["weight_map"]
-    except (ValueError, KeyError, TypeError):
+        weight_map = read_weight_map(_small_file(index))
+    except CheckpointError:
         index.part.unlink(missing_ok=True)
         raise DownloadError(f"{index.remote.url} is not a shard index (no weight_map)", hint="re-run the download")
     repo_dir = spec.path.rsplit("/", 1)[0] + "/" if "/" in spec.path else ""
@@ -171,8 +172,8 @@ def _plan_t5(step: Step) -> None:
     work = step.dest.parent / ".download"
     index = _item(work / "model.safetensors.index.json", spec.repo, spec.revision, spec.path)
     try:
-        shards = sorted(set(json.loads(_small_file(index))["weight_map"].values()))
-    except (ValueError, KeyError, TypeError):
+        shards = sorted(set(read_weight_map(_small_file(index)).values()))
+    except CheckpointError:
         raise DownloadError(f"{index.remote.url} is not a shard index (no weight_map)", hint="re-run the download")
     selected, runs, remotes = {}, {}, {}
     for shard in shards:
@@ -230,8 +231,8 @@ def plan(specs: list[ModelFile], folder_dir: FolderDir) -> list[Step]:
 def _extras_present(spec: ModelFile, dest: Path) -> bool:
     if spec.recipe == "sharded":
         try:
-            shards = set(json.loads(dest.read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError):
+            shards = set(read_weight_map(dest).values())
+        except CheckpointError:
             return False
         return all(is_verified(safe_join(dest.parent, s)) for s in shards)
     return all(is_verified(dest.parent / name) for name in spec.extra_files)

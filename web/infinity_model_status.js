@@ -4,7 +4,7 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { describeModelFile } from "./infinity_models.js";
-import { drawTextLine, LINE_HEIGHT as HEIGHT } from "./infinity_text_line.js";
+import { addWidgetOnCreate, textLineWidget } from "./infinity_text_line.js";
 
 const EXTENSION = "Infinity.ModelStatus";
 const LOADERS = { InfinityTransformerLoader: "model_name", InfinityBitwiseTokenizerLoader: "vae_name",
@@ -27,20 +27,8 @@ function value(node, name) {
 }
 
 function statusWidget() {
-  return {
-    name: WIDGET,
-    type: "infinity_model_status",
-    value: "",
-    serialize: false,
-    options: { serialize: false },
-    computeSize: (width) => [width, HEIGHT],
-    draw(ctx, node, widgetWidth, y) {
-      const { text, warn } = describeModelFile(files, value(node, LOADERS[node.comfyClass]),
-                                               value(node, "download_missing"));
-      this.value = text;
-      drawTextLine(ctx, text, warn, widgetWidth, y);
-    },
-  };
+  return textLineWidget(WIDGET, "infinity_model_status", (node) =>
+    describeModelFile(files, value(node, LOADERS[node.comfyClass]), value(node, "download_missing")));
 }
 
 app.registerExtension({
@@ -52,15 +40,6 @@ app.registerExtension({
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!(nodeData.name in LOADERS)) return;
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const result = onNodeCreated?.apply(this, arguments);
-      if (!this.widgets?.some((w) => w.name === WIDGET)) {
-        this.addCustomWidget(statusWidget());
-        const [w, h] = this.computeSize();
-        this.setSize([Math.max(this.size[0], w), Math.max(this.size[1], h)]);
-      }
-      return result;
-    };
+    addWidgetOnCreate(nodeType, statusWidget);
   },
 });

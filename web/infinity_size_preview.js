@@ -5,7 +5,7 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { describeEncode, formatSize, snapSize } from "./infinity_schedule.js";
-import { drawTextLine, LINE_HEIGHT as HEIGHT } from "./infinity_text_line.js";
+import { addWidgetOnCreate, textLineWidget } from "./infinity_text_line.js";
 
 const EXTENSION = "Infinity.SizePreview";
 const SAMPLERS = new Set(["InfinitySampler", "InfinitySamplerAdvanced"]);
@@ -49,20 +49,8 @@ export function describeNode(node) {
   return { text: formatSize(result), warn: !result.ok };
 }
 
-function sizeWidget(node) {
-  return {
-    name: WIDGET,
-    type: "infinity_size_preview",
-    value: "",
-    serialize: false,                 // not in widgets_values
-    options: { serialize: false },    // not in the API prompt
-    computeSize: (width) => [width, HEIGHT],
-    draw(ctx, drawnNode, widgetWidth, y) {
-      const { text, warn } = describeNode(drawnNode);
-      this.value = text;
-      drawTextLine(ctx, text, warn, widgetWidth, y);
-    },
-  };
+function sizeWidget() {
+  return textLineWidget(WIDGET, "infinity_size_preview", describeNode);
 }
 
 // Served once, from WEB_DIRECTORY; the frontend imports each module once, so this registers once.
@@ -73,15 +61,6 @@ app.registerExtension({
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!SAMPLERS.has(nodeData.name) && nodeData.name !== ENCODE) return;
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const result = onNodeCreated?.apply(this, arguments);
-      if (!this.widgets?.some((w) => w.name === WIDGET)) {
-        this.addCustomWidget(sizeWidget(this));
-        const [w, h] = this.computeSize();
-        this.setSize([Math.max(this.size[0], w), Math.max(this.size[1], h)]);
-      }
-      return result;
-    };
+    addWidgetOnCreate(nodeType, sizeWidget);
   },
 });

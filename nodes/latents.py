@@ -12,7 +12,7 @@ from ..infinity_core.quantizer import summed_codes
 from ..infinity_core.schedules import MAX_SIDE
 from . import comfy_glue as glue
 from .inpaint import encode_mask, masks_for_batch
-from .types import (BUDGETS, InfinityVAE, TokenizerHandle, about, describe_budget, latent_samples, pack_latent,
+from .types import (BUDGETS, InfinityVAE, TokenizerHandle, about, describe_schedule, latent_samples, pack_latent,
                     read_mask, schedule_for_widgets)
 
 MIN_TILE = 8  # decode_tiled blends 4-cell overlaps
@@ -151,9 +151,7 @@ class InfinityEncode(io.ComfyNode):
         if mask is not None:  # checked before the work
             mask = masks_for_batch(read_mask(mask, "mask"), image.shape[0] if image.ndim == 4 else 1, "mask")
         latent, schedule = encode_image(vae, image, width, height, budget)
-        h, w = schedule.image_hw
-        text = (f"{w}x{h} px (h/w template {schedule.template}, {describe_budget(budget, schedule)}, "
-                f"{schedule.num_scales} scales)")
+        text = describe_schedule(budget, schedule)
         if mask is not None:
             latent["noise_mask"], note = encode_mask(mask, tuple(image.shape[1:3]), schedule)
             text += note

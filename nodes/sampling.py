@@ -28,7 +28,7 @@ from ..infinity_core.speed import SpeedSettings, run_memory
 from . import comfy_glue as glue
 from .inpaint import carry_extras, seed_indices, teacher_for
 from .types import (BUDGETS, Conditioning, InfinityConditioning, InfinityModel, InfinityVAE, LatentView, ModelHandle,
-                    TokenizerHandle, about, describe_budget, pack_latent, read_latent, schedule_for_widgets)
+                    TokenizerHandle, about, describe_schedule, pack_latent, read_latent, schedule_for_widgets)
 
 TOP_P = 0.97  # the reference's gen_one_img default (its top_k=900 keeps both values of a bit: off)
 PROMPT_HINT = "type what the picture should show into the Infinity Text Encode node, e.g. 'a red fox in the snow'"
@@ -227,7 +227,7 @@ def _speed_text(schedule, settings: SamplerSettings, pruning, n: int) -> str:
 
 def _describe(schedule, requested: tuple[int, int] | None, budget: str, k: int, scales: int) -> str:
     h, w = schedule.image_hw
-    text = f"{w}x{h} px (h/w template {schedule.template}, {describe_budget(budget, schedule)}, {scales} scales)"
+    text = describe_schedule(budget, schedule, scales)
     if k:
         text += f"; {k} of {schedule.num_scales} scales from the image"
     if requested and requested != (w, h):

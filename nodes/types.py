@@ -109,8 +109,12 @@ def schedule_for_widgets(width: int, height: int, budget: str, size_widget: str 
         return ScaleSchedule(template, resolve_budget(budget, template, width, height))
 
 
-def describe_budget(budget: str, schedule: ScaleSchedule) -> str:
-    return f"budget auto → {schedule.budget}" if budget == AUTO_BUDGET else f"budget {schedule.budget}"
+def describe_schedule(budget: str, schedule: ScaleSchedule, scales: int | None = None) -> str:
+    """The node text's size line: "W x H px (h/w template t, budget [auto → ]b, n scales)"."""
+    h, w = schedule.image_hw
+    shown = f"budget auto → {schedule.budget}" if budget == AUTO_BUDGET else f"budget {schedule.budget}"
+    n = schedule.num_scales if scales is None else scales
+    return f"{w}x{h} px (h/w template {schedule.template}, {shown}, {n} scales)"
 
 
 # ---- LATENT ------------------------------------------------------------------------------------

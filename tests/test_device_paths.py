@@ -14,6 +14,7 @@ from infinity_core.random_models import random_transformer
 from infinity_core.sampler import exponential_race, make_generators, mask_logits_, sample
 from infinity_core.schedules import PIXEL_BUDGETS, TEMPLATES, ScaleSchedule
 from test_devices import FP8
+from tolerances import assert_within, attention_bound, resize_bound
 
 MPS_KERNELS = devices.ResizeKernels(False, False, False)
 
@@ -42,17 +43,20 @@ def test_cpu_and_cuda_keep_todays_five_d_calls():
 
 
 def test_mps_resizes_compute_the_same_function_for_every_grid(mps_resizes):
-    """4-D bilinear is the one-slice trilinear resize (float rounding apart); area runs on the host: exact."""
+    """4-D bilinear is the one-slice trilinear resize (float rounding apart: another kernel, and it differs
+    per CPU kernel level, 1.6 eps * max|x| under AVX-512, 1.9 under the plain loops); area runs on the host
+    with the same window sums as the 5-D call: exact."""
     worst = 0.0
     for (h, w), (H, W) in set(_pairs()):
         small, big = torch.randn(1, 4, 1, h, w), torch.randn(1, 4, 1, H, W)
         for x, size in ((small, (H, W)), (big, (h, w))):  # both quantizer directions
             got, ref = resize.trilinear_cells(x, size), F.interpolate(x, size=(1, *size), mode="trilinear")
             assert got.shape == ref.shape
-            worst = max(worst, (got - ref).abs().max().item())
+            bound = 2 * resize_bound(max(*x.shape[-2:], *size), x.abs().max().item())  # two kernels
+            worst = max(worst, (got - ref).abs().max().item() / bound)
         assert torch.equal(resize.area_cells(big, (h, w)), F.interpolate(big, size=(1, h, w), mode="area"))
         assert torch.equal(resize.area_2d(big[:, :, 0], (h, w)), F.interpolate(big[:, :, 0], size=(h, w), mode="area"))
-    assert worst < 1e-6
+    assert worst <= 1, f"bilinear and trilinear differ by {worst:.2f}x their rounding bound"
 
 
 def test_mps_resizes_give_the_same_bits(mps_resizes, tiny_transformer, prompt, monkeypatch):
@@ -92,8 +96,16 @@ def test_chunked_attention_gives_the_rows_of_the_whole_call(monkeypatch, masked)
     monkeypatch.setattr(attention_module, "attention_plan_for", lambda device, dtype: plan)
     calls = []
     monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", _materialising_sdpa(calls))
-    torch.testing.assert_close(attention(q, k, v, attn_mask=mask, scale=0.7), whole, rtol=0, atol=1e-6)
+    chunked = attention(q, k, v, attn_mask=mask, scale=0.7)
     assert len(calls) == 5 and max(size for size, _ in calls) <= plan.budget  # ceil(37 / 8) slices
+    # Not bit-equal: the fused kernel and the materialised scores sum in other orders, with other exps, and
+    # both differ per CPU kernel level (AVX2's differed by 10 ulp where AVX-512's did not). Both must be
+    # within the rounding bound of the exact rows; a wrong slice or mask row would be off by ~0.1.
+    exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask, scale=0.7)
+    bound = attention_bound(q, k, v, attn_mask=mask, scale=0.7)
+    assert bound.max() < 1e-3  # far below what a wrong row would change
+    assert_within(whole, exact, bound, "fused SDPA")
+    assert_within(chunked, exact, bound, "query-chunked, materialised scores")
 
 
 def test_long_sixteen_bit_attention_is_upcast_where_the_plan_says(monkeypatch):

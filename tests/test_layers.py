@@ -7,7 +7,7 @@ from infinity_core import ops
 from infinity_core.conditioning import TextEmbedding
 from infinity_core.layers import FFN, KVCache
 from infinity_core.schedules import ScaleSchedule
-from tolerances import mlp_bound
+from tolerances import assert_within, mlp_bound
 
 
 def _ffn(dim=64, hidden=256, dtype=torch.float32):
@@ -28,7 +28,7 @@ def test_chunked_ffn_equals_one_pass_and_only_chunks_resident_weights(monkeypatc
     # the same rows; bit-equal where the BLAS blocks a row's sums alike for 512 and 1400 rows (MKL and oneDNN
     # do on every CPU kernel level tried), which nothing promises: any order is within the rounding bound
     assert chunked.shape == (2, 700, 64)
-    assert ((chunked - one_pass).abs() <= 2 * mlp_bound(x_BLC, ffn.fc1, ffn.fc2)).all()
+    assert_within(chunked, one_pass, 2 * mlp_bound(x_BLC, ffn.fc1, ffn.fc2), "row-chunked FFN")
     assert [s[0] for s in calls] == [512, 512, 376]
 
     calls.clear()
@@ -173,5 +173,5 @@ def test_on_an_accelerator_the_ffn_chunks_only_beyond_the_workspace(monkeypatch)
     assert calls == [torch.Size([2, 700, 64])]  # 1400 rows of 256: far below 512 MiB, one pass (was 3)
     monkeypatch.setattr(devices, "WORKSPACE_BYTES", 256 * 4 * 600)  # a budget of 600 rows
     calls.clear()
-    assert ((ffn(x_BLC) - mlp(ffn, x_BLC)).abs() <= 2 * mlp_bound(x_BLC, ffn.fc1, ffn.fc2)).all()  # as above
+    assert_within(ffn(x_BLC), mlp(ffn, x_BLC), 2 * mlp_bound(x_BLC, ffn.fc1, ffn.fc2), "workspace-chunked FFN")
     assert [s[0] for s in calls] == [600, 600, 200]

@@ -69,28 +69,46 @@ def tokenizer_state_dict(path) -> tuple[VAEConfig, dict[str, torch.Tensor]]:
     return tokenizer_config(_state_dict(path, "bitwise_tokenizer"), path)
 
 
-def _adopt(make_model, sd, path: str, what: str, dtype, device, verify_finite: bool):
-    """Strict load into a meta-device model: adopt the file's tensors (no copy, no random init)."""
+def _adopt(make_model, sd, path: str, what: str, dtype, device, verify_finite: bool, ops):
+    """Strict load into a meta-device model: adopt the file's tensors (no copy, no random init).
+
+    Keys and shapes are checked against the architecture built from plain layers, never against the model
+    being loaded: a ComfyUI op under dynamic VRAM holds no weight until its state dict is loaded through it.
+    The load goes through the ops' own `_load_from_state_dict`, so their machinery sees every weight."""
     with _file_problem(path, what):
-        model = make_model()
-        check_keys(model, sd, path, what)
+        check_keys(make_model(default_ops), sd, path, what)
         sd = cast_floats(sd, dtype)
         if verify_finite:
             check_finite(sd, path)
+        model = make_model(ops)
         model.load_state_dict(sd, strict=True, assign=True)
+    _check_loaded(model, sd, path, what)
     return model.to(device).eval().requires_grad_(False)
+
+
+def _check_loaded(model: torch.nn.Module, sd: dict[str, torch.Tensor], path: str, what: str) -> None:
+    """Every tensor of the file is in the loaded model and none is left unmaterialised: an op that kept a
+    weight to itself would otherwise fail later, in the middle of a generation."""
+    held = model.state_dict()
+    lost = sorted(set(sd) - set(held)) + sorted(k for k, t in held.items() if t is None or t.is_meta)
+    if lost:
+        raise IncompatibleModelsError(f"{what}: the layers did not take {len(lost)} of the file's tensors (e.g. "
+                                      f"{lost[:3]})", path=path,
+                                      hint="this ComfyUI builds layers in a way this version of the pack does not "
+                                           "know; update ComfyUI-Infinity, or start ComfyUI with "
+                                           "--disable-dynamic-vram")
 
 
 def build_transformer(config: InfinityConfig, sd, *, path: str = "<state dict>", dtype=None, device="cpu",
                       ops=default_ops, verify_finite: bool = True) -> InfinityTransformer:
-    return _adopt(lambda: InfinityTransformer(config, ops=ops, device="meta"), sd, path, "transformer", dtype,
-                  device, verify_finite)
+    return _adopt(lambda o: InfinityTransformer(config, ops=o, device="meta"), sd, path, "transformer", dtype,
+                  device, verify_finite, ops)
 
 
 def build_tokenizer(config: VAEConfig, sd, *, path: str = "<state dict>", dtype=None, device="cpu",
                     ops=default_ops, verify_finite: bool = True) -> BitwiseTokenizer:
-    return _adopt(lambda: BitwiseTokenizer(config, ops=ops, device="meta"), sd, path, "bitwise tokenizer", dtype,
-                  device, verify_finite)
+    return _adopt(lambda o: BitwiseTokenizer(config, ops=o, device="meta"), sd, path, "bitwise tokenizer", dtype,
+                  device, verify_finite, ops)
 
 
 # the blocks' attention and FFN matrices: 97% of Infinity-2B's parameters

@@ -1,7 +1,7 @@
 """ComfyUI nodes for Infinity (V3 API). ComfyUI imports the pack by file path; imports stay relative."""
 from __future__ import annotations
 
-from comfy_api.latest import ComfyExtension, io
+from .node_api import ComfyExtension, io
 
 from . import comfy_glue
 from .conditioning import InfinityTextEncode

@@ -1,7 +1,7 @@
 """Text conditioning: a prompt through T5 into the packed features the transformer reads."""
 from __future__ import annotations
 
-from comfy_api.latest import io, ui
+from .node_api import io, ui
 
 from ..infinity_core.conditioning import MAX_LENGTH
 from . import comfy_glue as glue

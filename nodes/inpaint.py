@@ -9,7 +9,7 @@ Encode fits pictures (masks.fit_mask), so a mask drawn on the original picture l
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io, ui
+from .node_api import io, ui
 
 from ..infinity_core.errors import SamplingError
 from ..infinity_core.masks import TeacherForcing, fit_mask, paste_back

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io, ui
+from .node_api import io, ui
 
 from ..infinity_core import validation
 from ..infinity_core.errors import CheckpointError, ResolutionError

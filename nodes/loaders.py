@@ -6,7 +6,7 @@ the status show under the list, from the web extension).
 """
 from __future__ import annotations
 
-from comfy_api.latest import io, ui
+from .node_api import io, ui
 
 from . import comfy_glue as glue
 from .types import InfinityModel, InfinityTextEncoder, InfinityVAE, about

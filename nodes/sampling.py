@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from comfy_api.latest import io, ui
+from .node_api import io, ui
 from PIL import Image
 
 from ..infinity_core import validation

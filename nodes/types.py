@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from comfy_api.latest import io
+from .node_api import io
 
 from ..infinity_core import validation
 from ..infinity_core.conditioning import TextEmbedding

@@ -150,6 +150,19 @@ def resolve(folders: tuple[str, ...], name: str, kind: str, download: bool = Fal
 
 
 # ---- loading into ModelPatcher -----------------------------------------------------------------
+def core_patcher(module: torch.nn.Module, load_device, offload_device, size: int = 0):
+    """The patcher ComfyUI gives its own models: `CoreModelPatcher`, which its main.py rebinds at start to
+    `ModelPatcherDynamic` under dynamic VRAM (comfy.ops weights streamed to the GPU per layer, everything else
+    put there whole) and leaves the legacy `ModelPatcher` otherwise. Read when a model loads, not at import.
+    ComfyUI before dynamic VRAM (0.3.64) has only `ModelPatcher`. As ComfyUI's loaders do, the weights' storage
+    dtypes are recorded first (`archive_model_dtypes`, newest ComfyUI), which the streaming sizes its buffers by."""
+    archive = getattr(mm, "archive_model_dtypes", None)
+    if archive is not None:
+        archive(module)
+    patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    return patcher_class(module, load_device, offload_device, size=size)
+
+
 def _file_dtype(sd: dict[str, torch.Tensor]) -> torch.dtype:
     counts = Counter()
     for t in sd.values():
@@ -179,7 +192,7 @@ def load_transformer(path: str, weight_dtype: str, spatial_patchify: str) -> Mod
                                ops=comfy.ops.manual_cast)
     patchify = {"auto": config.patchify_guess, "on": True, "off": False}[spatial_patchify]
     log.info("Infinity transformer %s: weights %s, compute %s, patchify %s", path, storage, compute, patchify)
-    patcher = comfy.model_patcher.ModelPatcher(module, load_device, offload_device)
+    patcher = core_patcher(module, load_device, offload_device)
     return ModelHandle(patcher, config, compute, patchify, os.path.basename(path))
 
 
@@ -188,7 +201,7 @@ def load_tokenizer(path: str) -> TokenizerHandle:
     load_device, offload_device = mm.vae_device(), mm.vae_offload_device()
     dtype = mm.vae_dtype(load_device, [torch.float32])  # fp32 unless --bf16-vae etc.: bits are signs of small values
     module = build_tokenizer(config, sd, path=path, dtype=dtype, device=offload_device, ops=comfy.ops.manual_cast)
-    patcher = comfy.model_patcher.ModelPatcher(module, load_device, offload_device)
+    patcher = core_patcher(module, load_device, offload_device)
     return TokenizerHandle(patcher, config, dtype, os.path.basename(path))
 
 
@@ -232,7 +245,7 @@ def load_text_encoder(path: str, dtype_name: str) -> TextEncoderHandle:
         encoder = T5TextEncoder.from_single_file(file, tokenizer_dir=_tokenizer_dir(file.parent), dtype=dtype,
                                                  device=offload_device)
     holder = T5Encoder(encoder.model)
-    patcher = comfy.model_patcher.ModelPatcher(holder, load_device, offload_device, size=_unique_bytes(holder))
+    patcher = core_patcher(holder, load_device, offload_device, size=_unique_bytes(holder))
     return TextEncoderHandle(patcher, encoder, os.path.basename(path))
 
 

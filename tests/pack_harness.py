@@ -102,12 +102,15 @@ def _d32_tokenizer(pack, path: Path) -> None:
 
 
 # ---- fixtures ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
+GENERATIONS = ("0.3.64", "0.38")  # comfy_fakes.GENERATIONS: every node test runs against each ComfyUI double
+
+
+@pytest.fixture(scope="module", params=GENERATIONS, ids=[f"comfy{g}" for g in GENERATIONS])
+def env(request, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_base")
     _populate(base)
     fakes = _load_by_path("comfy_fakes_under_test", FAKES / "__init__.py")
-    modules = fakes.install(base)
+    modules = fakes.install(base, request.param)
     with pytest.MonkeyPatch.context() as mp:
         for name, module in modules.items():
             mp.setitem(sys.modules, name, module)
@@ -118,6 +121,7 @@ def env(tmp_path_factory):
         classes = asyncio.run(extension.get_node_list())
         _d32_tokenizer(pack, base / "models" / "vae" / "vae_d32.safetensors")
         yield SimpleNamespace(base=base, pack=pack, classes=classes, mm=modules["comfy.model_management"],
+                              generation=request.param, dynamic_vram=request.param == "0.38",
                               utils=modules["comfy.utils"], fp=fp, cli_args=modules["comfy.cli_args"],
                               execution=fakes.execution,
                               patcher_module=modules["comfy.model_patcher"],

@@ -151,3 +151,49 @@ def test_the_partial_load_moves_what_comfyui_moves(fakes, budget):
     moved = sorted(n for n, m in module.named_modules()
                    if n not in patcher.offloaded_modules and any(True for _ in m.parameters(recurse=False)))
     assert moved == real
+
+
+@pytest.fixture
+def newest(tmp_path):
+    """The double of the newest ComfyUI, dynamic VRAM on (installed standalone; reset to 0.3.64 after)."""
+    module = _load_by_path("comfy_fakes_newest", FAKES / "__init__.py")
+    yield module, module.install(tmp_path, "0.38"), tmp_path
+    module.install(tmp_path, "0.3.64")
+    _drop_modules("comfy_fakes_newest")
+
+
+def test_dynamic_vram_linear_has_no_tensors_until_its_state_dict_is_loaded_through_it(newest):
+    fakes, modules, base = newest
+    layer = fakes.ops.manual_cast.Linear(4, 3)
+    assert layer.weight is None and layer.bias is None and set(layer.state_dict()) == set()
+    w, b = torch.randn(3, 4), torch.randn(3)
+    result = layer.load_state_dict({"weight": w, "bias": b, "scale": torch.ones(1)}, strict=False, assign=True)
+    assert result.unexpected_keys == ["scale"] and not result.missing_keys
+    assert layer.weight.data_ptr() == w.data_ptr() and torch.equal(layer.bias, b)  # assign: adopted, not copied
+    empty = fakes.ops.manual_cast.Linear(4, 3)
+    assert set(empty.load_state_dict({}, strict=False).missing_keys) == {"weight", "bias"}
+    assert "comfy.memory_management" in modules and modules["comfy.model_patcher"].CoreModelPatcher is \
+        fakes.model_patcher.ModelPatcherDynamic
+    fakes.install(base, "0.38-legacy")  # --disable-dynamic-vram
+    assert fakes.ops.manual_cast.Linear(4, 3).weight.shape == (3, 4)
+    assert fakes.model_patcher.CoreModelPatcher is fakes.model_patcher.ModelPatcher
+
+
+def test_dynamic_patcher_streams_comfy_layers_and_puts_the_rest_on_the_device(newest):
+    fakes, _, _ = newest
+    mp = fakes.model_patcher
+    module = _tiny_module(fakes)
+    patcher = mp.CoreModelPatcher(module, torch.device("cpu"), torch.device("cpu"))
+    fakes.model_management.LOWVRAM_BUDGET = 60_000  # changes nothing under dynamic VRAM
+    try:
+        fakes.model_management.load_models_gpu([patcher])
+    finally:
+        fakes.model_management.reset()
+    params = dict(module.named_parameters())
+    for owner, names in NON_LEAF_OWNERS.items():
+        for name in names:
+            assert type(params[f"{owner}.{name}" if owner else name]) is torch.nn.Parameter, (owner, name)
+    assert isinstance(module.head.weight, mp.OffloadedParameter) and module.head.comfy_cast_weights
+    x = torch.ones(2, 64)
+    assert torch.equal(module.head(x), torch.nn.functional.linear(x, module.head.weight.as_subclass(torch.Tensor),
+                                                                   module.head.bias.as_subclass(torch.Tensor)))

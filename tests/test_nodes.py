@@ -98,6 +98,35 @@ def test_transformer_loader_variants(env, models, name, dtype, patchify, storage
         assert torch.isfinite(out["samples"]).all() and len(out["infinity"]["bits"]) == 3
 
 
+def test_the_loaders_build_through_the_running_comfyuis_ops_and_patcher(env, models):
+    """Under dynamic VRAM (the newest ComfyUI on NVIDIA) a comfy.ops Linear has no weight until its state dict
+    is loaded through it, and ComfyUI's core models go through `CoreModelPatcher` (= ModelPatcherDynamic).
+    The loaders take whatever ComfyUI runs: every tensor of the file lands in the module bit for bit, and
+    the sample equals the core's own model, built outside ComfyUI from the same file."""
+    loading, sampler_mod = env.core("loading"), env.core("sampler")
+    patchers = env.patcher_module
+    want = patchers.ModelPatcherDynamic if env.dynamic_vram else patchers.ModelPatcher
+    for handle in (models.model, models.vae, models.t5):
+        assert type(handle.patcher) is want, type(handle.patcher)
+        # the storage dtypes recorded as ComfyUI's own loaders do, where it asks for them
+        assert any(hasattr(m, "weight_comfy_model_dtype") for m in handle.patcher.model.modules()) == \
+            env.dynamic_vram
+    path = env.base / "models" / "infinity" / "infinity_tiny_a.safetensors"
+    handle = first(run(env, "InfinityTransformerLoader", model_name=path.name))
+    _, file_sd = loading.transformer_state_dict(path)
+    with torch.inference_mode():
+        held = {k: v.as_subclass(torch.Tensor) for k, v in handle.patcher.model.state_dict().items()}
+    assert held.keys() == file_sd.keys() and all(torch.equal(held[k], file_sd[k]) for k in file_sd)
+    plain = loading.load_transformer(path)  # infinity_core's own ops, no ComfyUI
+    schedule = env.core("schedules").ScaleSchedule(1.0, "0.06M")
+    settings = sampler_mod.SamplerSettings(cfg=3.0, tau=0.5, top_k=0, top_p=0.97, cfg_insertion_layer=(0,))
+    with torch.inference_mode():
+        ours = sampler_mod.sample(plain, models.positive.embedding, schedule, generators=sampler_mod.make_generators(
+            5, 1), settings=settings)
+    latent = first(sampler(env, models, model=handle, seed=5))  # Infinity Sampler: the reference settings
+    assert torch.equal(latent["samples"], ours.summed_codes)
+
+
 def test_default_loaders(models):
     assert models.model.patchify is False and models.model.compute_dtype == torch.float32
     assert models.model.patcher.load_device == torch.device("cpu")

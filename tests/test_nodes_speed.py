@@ -19,7 +19,7 @@ def _core(env, models, pruning="off", ratio=0.5, unguided=0, seed=7, negative=No
     with torch.inference_mode():
         result = sampler_mod.sample(models.model.patcher.model, models.positive.embedding, schedule,
                                     generators=sampler_mod.make_generators(seed, 1), settings=settings,
-                                    negative=negative, pruning=policy)
+                                    negative=negative, pruning=policy, device=models.model.patcher.load_device)
     return result, settings, policy, schedule
 
 

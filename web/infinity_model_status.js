@@ -1,10 +1,9 @@
 // A status line under the file list of the Infinity loaders: whether the selected official file is already
 // in the models folder or will be downloaded on run, and about how big it is, before anything runs.
 // The data come from the pack's route GET /infinity/model_files; the wording lives in infinity_models.js.
-import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
+import { api, app } from "./infinity_comfy.js";
 import { describeModelFile } from "./infinity_models.js";
-import { addWidgetOnCreate, textLineWidget } from "./infinity_text_line.js";
+import { addLineOnCreate, refreshLines } from "./infinity_text_line.js";
 
 const EXTENSION = "Infinity.ModelStatus";
 const LOADERS = { InfinityTransformerLoader: "model_name", InfinityBitwiseTokenizerLoader: "vae_name",
@@ -19,16 +18,15 @@ async function refresh() {
   } catch (error) {
     console.warn("[Infinity] model status unavailable", error);
   }
-  app.graph?.setDirtyCanvas(true, false);
+  refreshLines(app);
 }
 
 function value(node, name) {
   return node.widgets?.find((w) => w.name === name)?.value;
 }
 
-function statusWidget() {
-  return textLineWidget(WIDGET, "infinity_model_status", (node) =>
-    describeModelFile(files, value(node, LOADERS[node.comfyClass]), value(node, "download_missing")));
+function describeNode(node) {
+  return describeModelFile(files, value(node, LOADERS[node.comfyClass]), value(node, "download_missing"));
 }
 
 app.registerExtension({
@@ -40,6 +38,6 @@ app.registerExtension({
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!(nodeData.name in LOADERS)) return;
-    addWidgetOnCreate(nodeType, statusWidget);
+    addLineOnCreate(nodeType, WIDGET, describeNode);
   },
 });

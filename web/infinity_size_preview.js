@@ -2,10 +2,9 @@
 // resolution, aspect template and token count the current width/height/budget widgets give, before
 // the graph runs (Infinity only generates on its aspect templates, so requests are snapped).
 // The tables come from the pack's server route; the snapping rule lives in infinity_schedule.js.
-import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
+import { api, app } from "./infinity_comfy.js";
 import { describeEncode, formatSize, snapSize } from "./infinity_schedule.js";
-import { addWidgetOnCreate, textLineWidget } from "./infinity_text_line.js";
+import { addLineOnCreate, refreshLines } from "./infinity_text_line.js";
 
 const EXTENSION = "Infinity.SizePreview";
 const SAMPLERS = new Set(["InfinitySampler", "InfinitySamplerAdvanced"]);
@@ -24,7 +23,7 @@ async function loadTables() {
     tablesFailed = true;
     console.warn("[Infinity] size preview disabled: cannot read /infinity/schedules", error);
   }
-  app.graph?.setDirtyCanvas(true, false);
+  refreshLines(app);
 }
 
 function widgetValue(node, name) {
@@ -49,10 +48,6 @@ export function describeNode(node) {
   return { text: formatSize(result), warn: !result.ok };
 }
 
-function sizeWidget() {
-  return textLineWidget(WIDGET, "infinity_size_preview", describeNode);
-}
-
 // Served once, from WEB_DIRECTORY; the frontend imports each module once, so this registers once.
 app.registerExtension({
   name: EXTENSION,
@@ -61,6 +56,6 @@ app.registerExtension({
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!SAMPLERS.has(nodeData.name) && nodeData.name !== ENCODE) return;
-    addWidgetOnCreate(nodeType, sizeWidget);
+    addLineOnCreate(nodeType, WIDGET, describeNode);
   },
 });

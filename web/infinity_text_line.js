@@ -1,53 +1,96 @@
-// One line of status text drawn inside a node (the size preview, the loaders' download status): shrunk to
-// fit the node's width, green, or red for a warning. No browser APIs beyond the canvas context passed in.
+// One line of status text inside a node (the size preview, the loaders' download status), as a DOM widget:
+// the classic canvas and Nodes 2.0 (Vue nodes) both render DOM widgets as they are, whereas a widget that only
+// has a draw() is repainted by Nodes 2.0 on few occasions, so its text goes stale there. The text is set
+// whenever something it depends on changes (refreshLines); it is never saved nor sent with the prompt.
 export const LINE_HEIGHT = 22;
+const GREEN = "#8fd18f";
+const RED = "#ff6b6b";
 
-export function drawTextLine(ctx, text, warn, widgetWidth, y) {
-  if (!text) return;
-  const margin = 15;
-  let size = 12;
-  ctx.save();
-  ctx.font = `${size}px Arial`;
-  while (size > 8 && ctx.measureText(text).width > widgetWidth - 2 * margin) {
-    size -= 1;
-    ctx.font = `${size}px Arial`;
+function lineElement() {
+  const element = document.createElement("div");
+  element.className = "infinity-text-line";
+  Object.assign(element.style, {
+    font: "12px Arial, sans-serif", lineHeight: `${LINE_HEIGHT}px`, height: `${LINE_HEIGHT}px`,
+    padding: "0 6px", whiteSpace: "nowrap", overflow: "hidden", textOverflow: "ellipsis",
+    color: GREEN, pointerEvents: "none", boxSizing: "border-box",
+  });
+  return element;
+}
+
+// Shrinks the font (12 px down to 8 px) until the text fits the width the node gives, as the old canvas line did.
+function fit(element) {
+  for (let size = 12; size >= 8; size--) {
+    element.style.fontSize = `${size}px`;
+    if (!element.clientWidth || element.scrollWidth <= element.clientWidth) return;
   }
-  ctx.fillStyle = warn ? "#ff6b6b" : "#8fd18f";
-  ctx.textAlign = "left";
-  ctx.textBaseline = "middle";
-  ctx.fillText(text, margin, y + LINE_HEIGHT / 2);
-  ctx.restore();
 }
 
-// The line as a node widget: never saved with the workflow nor sent with the prompt; `describe(node)`
-// gives { text, warn } whenever the node is drawn.
-export function textLineWidget(name, type, describe) {
-  return {
-    name,
-    type,
-    value: "",
-    serialize: false,                 // not in widgets_values
-    options: { serialize: false },    // not in the API prompt
-    computeSize: (width) => [width, LINE_HEIGHT],
-    draw(ctx, node, widgetWidth, y) {
-      const { text, warn } = describe(node);
-      this.value = text;
-      drawTextLine(ctx, text, warn, widgetWidth, y);
-    },
+/** Adds the line to `node`; `describe(node)` gives { text, warn }. Returns the widget (its value is the text). */
+export function addTextLine(node, name, describe) {
+  const element = lineElement();
+  let text = "";
+  const widget = node.addDOMWidget(name, "infinity_text_line", element, {
+    serialize: false,                         // not in widgets_values, not in the API prompt
+    hideOnZoom: false,
+    getValue: () => text,
+    setValue: () => {},
+    getMinHeight: () => LINE_HEIGHT,
+    getMaxHeight: () => LINE_HEIGHT,
+  });
+  widget.serialize = false;
+  widget.computeSize = (width) => [width, LINE_HEIGHT];
+  widget.refresh = (refit = false) => {
+    element.dataset.nodeId = String(node.id);  // ids are given after creation; lets a test read what a node shows
+    const line = describe(node);
+    if (!refit && line.text === text && element.dataset.warn === String(!!line.warn)) return;
+    text = line.text ?? "";
+    element.textContent = text;
+    element.title = text;
+    element.dataset.warn = String(!!line.warn);
+    element.style.color = line.warn ? RED : GREEN;
+    fit(element);
   };
+  widget.refresh();
+  return widget;
 }
 
-// Every node of this type gets the widget once when it is created, and grows to fit it.
-export function addWidgetOnCreate(nodeType, makeWidget) {
-  const onNodeCreated = nodeType.prototype.onNodeCreated;
-  nodeType.prototype.onNodeCreated = function () {
-    const result = onNodeCreated?.apply(this, arguments);
-    const widget = makeWidget();
-    if (!this.widgets?.some((w) => w.name === widget.name)) {
-      this.addCustomWidget(widget);
-      const [w, h] = this.computeSize();
-      this.setSize([Math.max(this.size[0], w), Math.max(this.size[1], h)]);
+function refreshNode(node, refit = false) {
+  for (const w of node?.widgets ?? []) w.refresh?.(refit);
+}
+
+/** Re-describes every line of the graph (after server data arrived, or a run). */
+export function refreshLines(app) {
+  for (const node of app.graph?.nodes ?? []) refreshNode(node);
+}
+
+// Every node of this type gets the line when created, and re-describes it after any of its widgets changed
+// (a callback fires in both canvases), a link came or went (latent_image), a workflow was loaded into it
+// (onConfigure) or the node was resized (the font fits the width).
+export function addLineOnCreate(nodeType, name, describe) {
+  const chain = (method, after) => {
+    const before = nodeType.prototype[method];
+    nodeType.prototype[method] = function () {
+      const result = before?.apply(this, arguments);
+      after.call(this);
+      return result;
+    };
+  };
+  chain("onNodeCreated", function () {
+    if (this.widgets?.some((w) => w.name === name)) return;
+    const node = this;
+    for (const w of this.widgets ?? []) {
+      const callback = w.callback;
+      w.callback = function () {
+        const result = callback?.apply(this, arguments);
+        refreshNode(node);
+        return result;
+      };
     }
-    return result;
-  };
+    addTextLine(this, name, describe);
+    const [w, h] = this.computeSize();
+    this.setSize([Math.max(this.size[0], w), Math.max(this.size[1], h)]);
+  });
+  chain("onConfigure", function () { refreshNode(this); });
+  chain("onConnectionsChange", function () { refreshNode(this); });
+  chain("onResize", function () { refreshNode(this, true); });
 }

@@ -105,6 +105,14 @@ def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimu
             patcher.load_partially(LOWVRAM_BUDGET)
 
 
+def archive_model_dtypes(model):
+    """Newest ComfyUI only (removed by comfy_fakes.install for 0.3.64): each parameter's storage dtype, recorded as
+    `<name>_comfy_model_dtype` on its module."""
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            setattr(module, f"{name}_comfy_model_dtype", p.dtype)
+
+
 def interrupt_current_processing(value=True):
     global _interrupt
     _interrupt = value

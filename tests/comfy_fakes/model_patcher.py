@@ -109,3 +109,34 @@ class ModelPatcher:
             if name not in loaded and any(True for _ in m.parameters(recurse=False)):
                 _set_params(m, offloaded=True)
                 self.offloaded_modules.append(name)
+
+
+def _streamed(module: nn.Module) -> bool:
+    """A layer dynamic VRAM streams: a comfy.ops leaf with weights (ComfyUI gives it a vbar and casts per call)."""
+    own = [n for n, _ in module.named_parameters(recurse=False)]
+    return hasattr(module, "comfy_cast_weights") and bool(own) and len(own) == len(list(module.parameters()))
+
+
+class ModelPatcherDynamic(ModelPatcher):
+    """Newest ComfyUI's patcher under dynamic VRAM: the weights of comfy.ops layers stay where they were loaded
+    (host memory) and are brought to the device per call (`comfy_cast_weights = True`); everything else, the
+    bare parameters of non-leaf modules and plain torch layers, is put on the device when the model loads
+    (ComfyUI's force-load of non-leaf weights). A budget changes nothing: streaming needs no partial load."""
+
+    def is_dynamic(self) -> bool:
+        return True
+
+    def load_fully(self) -> None:
+        super().load_fully()
+        self.offloaded_modules = []
+        for name, m in self.model.named_modules():
+            if _streamed(m):
+                m.comfy_cast_weights = True
+                _set_params(m, offloaded=True)
+                self.offloaded_modules.append(name)
+
+    def load_partially(self, budget: int) -> None:
+        self.load_fully()
+
+
+CoreModelPatcher = ModelPatcher  # newest ComfyUI: rebound to ModelPatcherDynamic at start under dynamic VRAM

@@ -2,7 +2,7 @@
 //
 //   NODE_PATH=<dir with playwright-core> node browser_check.mjs --url http://127.0.0.1:PORT --module ComfyUI-Infinity \
 //       --out report.json [--queue] [--fast] [--screenshots DIR] [--probe] [--chromium /usr/bin/chromium]
-//       [--viewport 1600x900] [--template-dialog] [--dialogs-allowed]
+//       [--viewport 1600x900] [--template-dialog] [--dialogs-allowed] [--vue-nodes]
 //
 // For every template the server lists for --module (GET /api/workflow_templates): fetch it and load it the
 // way the template browser does (app.loadGraphData(json, true, true, name)), check that every node type is
@@ -12,6 +12,8 @@
 // width/height/budget widgets of an Infinity Sampler like a user and records the size preview it shows.
 // --template-dialog opens the frontend's template browser, picks the pack and clicks the first template's card.
 // --dialogs-allowed: a Missing Models dialog is fine (models absent on purpose) unless an entry's button is disabled.
+// --vue-nodes: Nodes 2.0 (the setting Comfy.VueNodes.Enabled; frontends that have it), else the classic canvas.
+// The pack's text lines are read twice: the widget's value and the text the page shows for that node.
 // Writes a JSON report (prompt ids, API prompts, probe texts, page/console errors); exit 1 on a failed step.
 import fs from "node:fs";
 import os from "node:os";
@@ -45,6 +47,39 @@ async function settle(page, ms = 300) {
   await page.waitForTimeout(ms);
 }
 
+// The pack's text line `name` on every node that has one: the widget's value and what the page shows there (the
+// DOM element's text, if it is laid out with a size; "" when hidden).
+async function lines(page, name) {
+  return await page.evaluate((name) => window.app.graph.nodes
+    .filter((n) => n.widgets?.some((w) => w.name === name))
+    .map((n) => {
+      const element = [...document.querySelectorAll(".infinity-text-line")]
+        .find((e) => e.dataset.nodeId === String(n.id) && n.widgets.some((w) => w.element === e && w.name === name));
+      const box = element?.getBoundingClientRect();
+      const visible = !!box && box.width > 0 && box.height > 0 && getComputedStyle(element).visibility !== "hidden";
+      return { id: n.id, type: n.type, text: n.widgets.find((w) => w.name === name).value,
+               shown: visible ? element.textContent : "" };
+    }), name);
+}
+
+// Edit widgets like a user: in Nodes 2.0 numbers are typed into the node's own input field (Enter commits);
+// else (and for combos) the value is set and the widget's callback runs, as the canvas widget does.
+async function setWidgets(page, nodeId, values) {
+  for (const [name, value] of Object.entries(values)) {
+    const field = page.locator(`[data-node-id="${nodeId}"] [data-widget-name="${name}"] input[role=spinbutton]`);
+    if (report.canvas === "nodes2" && typeof value === "number" && await field.count()) {
+      await field.first().fill(String(value));
+      await field.first().press("Enter");
+      continue;
+    }
+    await page.evaluate(({ nodeId, name, value }) => {
+      const w = window.app.graph.getNodeById(nodeId).widgets.find((x) => x.name === name);
+      w.value = value;
+      w.callback?.(value);
+    }, { nodeId, name, value });
+  }
+}
+
 async function idle(page, timeoutMs = 600000) {
   const end = Date.now() + timeoutMs;
   while (Date.now() < end) {
@@ -62,7 +97,9 @@ async function fitGraph(page) {
     const x0 = Math.min(...nodes.map((n) => n.pos[0])), y0 = Math.min(...nodes.map((n) => n.pos[1] - 30));
     const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])), y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
     const rect = window.app.canvas.canvas.getBoundingClientRect();  // the canvas starts right of the side bar
-    const area = { left: 24, top: 30, width: rect.width - 48, height: rect.height - 120 };
+    // newer frontends lay their side bar, tabs and run button over a canvas that starts at the window's corner
+    const left = rect.left < 10 ? 100 : 24, top = rect.top < 10 ? 90 : 30;
+    const area = { left, top, width: rect.width - left - 24, height: rect.height - top - 90 };
     const ds = window.app.canvas.ds;
     ds.scale = Math.min(area.width / (x1 - x0), area.height / (y1 - y0), 1.2);
     ds.offset = [area.left / ds.scale - x0, area.top / ds.scale - y0];
@@ -80,8 +117,10 @@ try {
     const where = m.location()?.url || "";
     const text = `${m.text().slice(0, 500)}${where ? ` (${where})` : ""}`;
     // a fresh user folder has no user.css, saved workflows, subgraphs or templates index: 404s by design
-    const benign = /Failed to load resource/.test(m.text()) && /\/(api\/userdata|user\.css|favicon\.ico)/.test(where);
-    (benign ? report.ignored_console : report.console_errors).push(text);
+    // Only what comes from or names the pack counts: a newer frontend on an older backend logs errors of its own
+    // (its Jobs API, global subgraphs: endpoints that backend lacks; a closed network for its model links)
+    const ours = /Infinity|infinity/.test(text);
+    (ours ? report.console_errors : report.ignored_console).push(text);
   });
   page.on("response", (r) => { if (r.status() >= 400) report.failed_requests.push(`${r.status()} ${r.url()}`); });
 
@@ -90,6 +129,20 @@ try {
                              null, { timeout: 90000 });
   await page.waitForTimeout(1500);
 
+  report.frontend = await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__ ?? "unknown");
+  const vueSetting = "Comfy.VueNodes.Enabled";
+  if (flag("vue-nodes")) {  // a frontend without Nodes 2.0 stores the setting but draws no node as a DOM element
+    await page.evaluate(async (id) => window.app.extensionManager.setting.set(id, true), vueSetting);
+    await page.evaluate(async () => window.app.loadGraphData(
+      { last_node_id: 1, last_link_id: 0, nodes: [{ id: 1, type: "InfinityDecode", pos: [0, 0], size: [300, 100],
+        flags: {}, order: 0, mode: 0, inputs: [], outputs: [], properties: {}, widgets_values: [0] }],
+        links: [], groups: [], config: {}, extra: {}, version: 0.4 }, true, true, "probe"));
+    await page.waitForTimeout(1000);
+    if (!(await page.locator('[data-node-id="1"]').count())) {
+      throw new Error(`Nodes 2.0 could not be turned on (${vueSetting}) in frontend ${report.frontend}`);
+    }
+  }
+  report.canvas = flag("vue-nodes") ? "nodes2" : "classic";
   if (shots) {  // clean thumbnails: no minimap, no canvas statistics
     await page.addStyleTag({ content: ".minimap-main-container { display: none !important; }" });
     await page.evaluate(async () => window.app.extensionManager.setting.set("Comfy.Graph.CanvasInfo", false));
@@ -140,14 +193,10 @@ try {
       await page.screenshot({ path: path.join(shots, `${name}.png`), clip });
     }
     // the loaders' status line (web/infinity_model_status.js): present, or downloaded on run with its size
-    entry.model_status = await page.evaluate(() => window.app.graph.nodes
-      .filter((n) => n.widgets?.some((w) => w.name === "infinity_model_status"))
-      .map((n) => ({ id: n.id, type: n.type, text: n.widgets.find((w) => w.name === "infinity_model_status").value })));
+    entry.model_status = await lines(page, "infinity_model_status");
     // a Missing Models entry whose Download button the frontend disables (wrong suffix or source, bad folder)
     entry.dialog_errors = entry.dialogs.filter((d) => /Only allowed suffixes|not allowed from source|Invalid directory/.test(d));
-    entry.previews = await page.evaluate(() => window.app.graph.nodes
-      .filter((n) => n.widgets?.some((w) => w.name === "infinity_size"))
-      .map((n) => ({ id: n.id, type: n.type, text: n.widgets.find((w) => w.name === "infinity_size").value })));
+    entry.previews = await lines(page, "infinity_size");
 
     if (flag("fast")) {  // as a user would: through the widgets, so the frontend serialises the change
       entry.fast = await page.evaluate(() => {
@@ -229,8 +278,9 @@ try {
 
   if (flag("probe")) {  // the size preview follows widget edits (first workflow with an Infinity Sampler whose
     // size comes from its widgets, not from a latent_image)
-    const first = report.workflows.find(
+    const candidates = report.workflows.filter(
       (w) => w.nodes?.some((n) => n.type === "InfinitySampler" && !n.sized_by_latent));
+    const first = candidates.find((w) => w.name.includes("2b")) ?? candidates[0];  // the 2B template if it has one
     if (first) {
       if (flag("queue")) await idle(page);
       await page.evaluate(async ({ module, name }) => {
@@ -239,49 +289,43 @@ try {
       }, { module: moduleName, name: first.name });
       const cases = [[1344, 768, "1M"], [1000, 1000, "0.25M"], [512, 1536, "0.60M"], [64, 1024, "1M"],
                      [3200, 640, "1M"], [896, 1152, "0.06M"]];
+      const samplerId = await page.evaluate(() => window.app.graph.nodes.find((n) => n.type === "InfinitySampler").id);
       for (const [width, height, budget] of cases) {
-        await page.evaluate(({ width, height, budget }) => {
-          const node = window.app.graph.nodes.find((n) => n.type === "InfinitySampler");
-          for (const [name, value] of [["width", width], ["height", height], ["budget", budget]]) {
-            const w = node.widgets.find((x) => x.name === name);
-            w.value = value;
-            w.callback?.(value);
-          }
-        }, { width, height, budget });
+        await setWidgets(page, samplerId, { width, height, budget });
         await settle(page, 200);
         // the values the widgets hold (the number widgets round to their step of 16) and what the preview shows
-        report.probe.push(await page.evaluate(() => {
-          const node = window.app.graph.nodes.find((n) => n.type === "InfinitySampler");
+        const values = await page.evaluate((id) => {
+          const node = window.app.graph.getNodeById(id);
           const value = (name) => node.widgets.find((w) => w.name === name).value;
-          return { width: value("width"), height: value("height"), budget: value("budget"), text: value("infinity_size") };
-        }));
+          return { width: value("width"), height: value("height"), budget: value("budget") };
+        }, samplerId);
+        const line = (await lines(page, "infinity_size")).find((l) => l.id === samplerId);
+        report.probe.push({ ...values, text: line.text, shown: line.shown });
       }
-      if (shots) {  // zoom onto the sampler with the last valid probe
-        await page.evaluate(() => {
-          const node = window.app.graph.nodes.find((n) => n.type === "InfinitySampler");
-          for (const [name, value] of [["width", 1344], ["height", 768], ["budget", "1M"]]) {
-            const w = node.widgets.find((x) => x.name === name);
-            w.value = value;
-            w.callback?.(value);
-          }
+      if (shots) {  // the whole graph after a width change, then zoomed onto the sampler, then a refused size
+        await setWidgets(page, samplerId, { width: 1344, height: 768, budget: "1M" });
+        const clip = await fitGraph(page);
+        await settle(page, 500);
+        await page.screenshot({ path: path.join(shots, `${first.name}_after_width_change.png`), clip });
+        await page.evaluate((id) => {
+          const node = window.app.graph.getNodeById(id);
           const ds = window.app.canvas.ds;
           ds.scale = 1.6;
           ds.offset = [-node.pos[0] + 80, -node.pos[1] + 120];
-        });
+        }, samplerId);
         await settle(page, 500);
         await page.screenshot({ path: path.join(shots, "size_preview_probe.png") });
-        await page.evaluate(() => {
-          const w = window.app.graph.nodes.find((n) => n.type === "InfinitySampler").widgets.find((x) => x.name === "width");
-          w.value = 64;
-          w.callback?.(64);
-        });
+        await setWidgets(page, samplerId, { width: 64 });
         await settle(page, 300);
         await page.screenshot({ path: path.join(shots, "size_preview_warning.png") });
       }
     }
   }
   const dialogsBad = (w) => (flag("dialogs-allowed") ? w.dialog_errors?.length : w.dialogs?.length);
-  const bad = report.workflows.filter((w) => w.status !== 200 || w.nodes?.some((n) => n.has_errors) ||
+  // with models absent on purpose a frontend may flag a core loader whose file is missing (1.5x does, instead
+  // of a dialog); an Infinity node flagged is always a failure
+  const flagged = (n) => n.has_errors && (!flag("dialogs-allowed") || n.type.startsWith("Infinity"));
+  const bad = report.workflows.filter((w) => w.status !== 200 || w.nodes?.some(flagged) ||
                                              dialogsBad(w) || w.toasts?.length ||
                                              (flag("queue") && !w.queue?.prompt_id));
   report.ok = !bad.length && !report.page_errors.length && report.extension_registrations === 1 &&

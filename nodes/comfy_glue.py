@@ -264,8 +264,11 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def free_memory(device) -> int:
-    return mm.get_free_memory(device)
+def free_memory(patcher) -> int:
+    """Free memory on the patcher's device. The newest ComfyUI asks the patcher (`get_free_memory`): under dynamic
+    VRAM it adds what streamed weights occupy and would give up; 0.3.64 has only the device-wide answer."""
+    ask = getattr(patcher, "get_free_memory", None)
+    return ask(patcher.load_device) if ask is not None else mm.get_free_memory(patcher.load_device)
 
 
 def intermediate_device() -> torch.device:

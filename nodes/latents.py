@@ -22,7 +22,7 @@ def _in_chunks(vae: TokenizerHandle, batch: int, per_image: int, what: str, hint
     """Load the tokenizer for one image's work, then `run(start, stop)` on as many images at a time as the
     free memory holds, checking for Cancel between chunks."""
     glue.load_models([vae.patcher], per_image, what, hint=hint)
-    chunk = max(1, min(batch, glue.free_memory(vae.patcher.load_device) // max(per_image, 1)))
+    chunk = max(1, min(batch, glue.free_memory(vae.patcher) // max(per_image, 1)))
     results = []
     for start in range(0, batch, chunk):
         with torch.no_grad():

@@ -143,11 +143,12 @@ def _fresh_fake_state(request):
     yield
 
 
-def run(env, node_id: str, linked=(), prompt: dict | None = None, **inputs):
+def run(env, node_id: str, linked=(), prompt: dict | None = None, extra_data: dict | None = None, **inputs):
     """Execute a node as ComfyUI's server does (comfy_fakes/execution.py): widget defaults and range checks
     first (skipped for the names in `linked`, values that come over a link), the declared hidden inputs on
     a class clone (UNIQUE_ID "42", PROMPT the queued API prompt if given), in inference mode."""
-    return env.execution.execute_node(env.nodes[node_id], inputs, unique_id="42", linked=linked, prompt=prompt)
+    return env.execution.execute_node(env.nodes[node_id], inputs, unique_id="42", linked=linked, prompt=prompt,
+                                      extra_data=extra_data)
 
 
 def first(output):
@@ -166,10 +167,10 @@ def models(env):
     return SimpleNamespace(model=model, vae=vae, t5=t5, positive=positive, negative=negative)
 
 
-def sampler(env, models, node="InfinitySampler", linked=(), **overrides):
+def sampler(env, models, node="InfinitySampler", linked=(), extra_data=None, **overrides):
     inputs = dict(model=models.model, positive=models.positive, seed=7, batch_size=1, cfg=3.0, tau=0.5, **SIZE)
     inputs.update(overrides)
-    return run(env, node, linked=linked, **inputs)
+    return run(env, node, linked=linked, extra_data=extra_data, **inputs)
 
 
 def decode(env, models, latent, tile_size=0):

@@ -5,9 +5,10 @@ Python in `COMFYUI_PYTHON` (default: this one) from a temporary working director
 `--base-directory` holding custom_nodes/ComfyUI-Infinity (a symlink to this repo), tiny stand-in
 models under the exact file names the example workflows load (tests/comfyui_e2e/models.py), an input
 image and user settings for the frontend. The browser part also needs `PLAYWRIGHT_CORE_DIR` (a
-node_modules folder with playwright-core), `node` and chromium (`CHROMIUM`, default /usr/bin/chromium). With `COMFYUI_FRONTEND_ROOT` (the `static`
-folder of a newer `comfyui-frontend-package`, e.g. 1.58.1) every test runs again on a server started with
-`--front-end-root` there, and the browser checks run in both canvases where it has Nodes 2.0.
+node_modules folder with playwright-core), `node` and chromium (`CHROMIUM`, default /usr/bin/chromium).
+With `COMFYUI_FRONTEND_ROOT` (the `static` folder of a newer `comfyui-frontend-package`, e.g. 1.58.1) every
+test runs again on a server started with `--front-end-root` there, and the browser checks run in both
+canvases where that frontend has Nodes 2.0.
 
     COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/comfy-venv/bin/python \
     PLAYWRIGHT_CORE_DIR=/path/to/node_modules python -m pytest tests/test_comfyui_real.py -v

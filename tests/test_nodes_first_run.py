@@ -231,3 +231,18 @@ def test_the_loader_status_line_reads_the_route(env, tmp_path):
                             timeout=120)
     passed = result.returncode == 0 and "# fail 0" in result.stdout and "# skipped 0" in result.stdout
     assert passed, result.stdout[-3000:]
+
+
+def test_the_prompts_preview_method_applies_where_comfyui_has_one(env, models):
+    """The newest frontend sends its "Live preview method" with each prompt and the server applies it for that
+    prompt; the sampler reads the method when it runs, so "none" there means no previews even though ComfyUI
+    was started with --preview-method auto (0.3.64 has no such setting: the launch flag rules)."""
+    def previews(method):
+        env.utils.UPDATES.clear()
+        sampler(env, models, node="InfinitySamplerAdvanced", vae=models.vae, stop_after_scale=2,
+                extra_data={"preview_method": method})
+        return [u["preview"] is not None for u in env.utils.UPDATES]
+    newest = env.generation != "0.3.64"
+    assert previews("none") == ([False, False] if newest else [True, True])
+    assert previews("auto") == [True, True]
+    assert env.cli_args.args.preview_method == env.cli_args.LatentPreviewMethod.Auto  # the launch flag again

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from . import latent_preview, ops
 from . import latest_io as io
 
 CONVERT = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
@@ -89,9 +90,19 @@ def hidden_values(schema: io.Schema, unique_id: str, prompt: dict | None = None)
     return {h: known.get(h) for h in schema.hidden or []}
 
 
-def execute_node(node_cls, inputs: dict, unique_id: str = "42", linked=(), prompt: dict | None = None):
+def execute_node(node_cls, inputs: dict, unique_id: str = "42", linked=(), prompt: dict | None = None,
+                 extra_data: dict | None = None):
+    """`extra_data` as the frontend sends it with the prompt; the newest ComfyUI applies its preview_method for
+    the prompt (then the launch flag again), 0.3.64 ignores it."""
+    newest = ops.GENERATION != "0.3.64"
     schema = node_cls.GET_SCHEMA()
     values = validate_inputs(schema, inputs, linked)
     clone = node_cls.PREPARE_CLASS_CLONE(hidden_values(schema, unique_id, prompt))
-    with torch.inference_mode():
-        return clone.execute(**values)
+    if newest:
+        latent_preview.set_preview_method((extra_data or {}).get("preview_method"))
+    try:
+        with torch.inference_mode():
+            return clone.execute(**values)
+    finally:
+        if newest:
+            latent_preview.set_preview_method(None)

@@ -126,6 +126,12 @@ class ModelPatcherDynamic(ModelPatcher):
     def is_dynamic(self) -> bool:
         return True
 
+    def get_free_memory(self, device) -> int:
+        """As ComfyUI's (every patcher has it in the newest ComfyUI): the device's free memory plus what
+        streamed weights hold and would give up; here the fake's figure."""
+        from . import model_management
+        return model_management.get_free_memory(device)
+
     def load_fully(self) -> None:
         super().load_fully()
         self.offloaded_modules = []

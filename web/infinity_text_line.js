@@ -3,6 +3,7 @@
 // has a draw() is repainted by Nodes 2.0 on few occasions, so its text goes stale there. The text is set
 // whenever something it depends on changes (refreshLines); it is never saved nor sent with the prompt.
 export const LINE_HEIGHT = 22;
+const MARGIN = 2;  // the classic canvas insets a DOM widget by this on every side (its default of 10 would squash it)
 const GREEN = "#8fd18f";
 const RED = "#ff6b6b";
 
@@ -30,15 +31,17 @@ export function addTextLine(node, name, describe) {
   const element = lineElement();
   let text = "";
   const widget = node.addDOMWidget(name, "infinity_text_line", element, {
-    serialize: false,                         // not in widgets_values, not in the API prompt
+    serialize: false,                         // not in the API prompt (widget.serialize below: not in widgets_values)
     hideOnZoom: false,
+    hideInPanel: true,                        // 1.5x's parameters panel would show it as an empty row
+    margin: MARGIN,
     getValue: () => text,
     setValue: () => {},
     getMinHeight: () => LINE_HEIGHT,
     getMaxHeight: () => LINE_HEIGHT,
   });
   widget.serialize = false;
-  widget.computeSize = (width) => [width, LINE_HEIGHT];
+  widget.computeSize = (width) => [width, LINE_HEIGHT + 2 * MARGIN];
   widget.refresh = (refit = false) => {
     element.dataset.nodeId = String(node.id);  // ids are given after creation; lets a test read what a node shows
     const line = describe(node);
@@ -58,9 +61,13 @@ function refreshNode(node, refit = false) {
   for (const w of node?.widgets ?? []) w.refresh?.(refit);
 }
 
-/** Re-describes every line of the graph (after server data arrived, or a run). */
+/** Re-describes every line of the workflow, subgraphs included (after server data arrived, or a run). */
 export function refreshLines(app) {
-  for (const node of app.graph?.nodes ?? []) refreshNode(node);
+  const root = app.rootGraph ?? app.graph;  // app.graph: frontends before rootGraph
+  const graphs = new Set([root, app.canvas?.graph, ...(root?.subgraphs?.values?.() ?? [])]);
+  for (const graph of graphs) {
+    for (const node of graph?.nodes ?? []) refreshNode(node);
+  }
 }
 
 // Every node of this type gets the line when created, and re-describes it after any of its widgets changed

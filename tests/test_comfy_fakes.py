@@ -91,20 +91,28 @@ NON_LEAF_OWNERS = {"": ["cfg_uncond", "pos_start"], "text_proj_for_sos.ca": ["ma
                    "blocks.0.sa": ["scale_mul_1H11"], "blocks.1": ["ada_gss"], "blocks.1.sa": ["scale_mul_1H11"]}
 
 
-def test_partial_load_leaves_non_leaf_parameters_on_the_offload_device(fakes):
-    mp = fakes.model_patcher
+def _load_with_budget(fakes, patcher_class):
+    """The tiny transformer loaded by `load_models_gpu` with room for a few layers only; (module, patcher,
+    the bare parameters of its non-leaf modules by name)."""
     module = _tiny_module(fakes)
-    patcher = mp.ModelPatcher(module, torch.device("cpu"), torch.device("cpu"))
-    fakes.model_management.LOWVRAM_BUDGET = 60_000  # room for a few layers only
+    patcher = patcher_class(module, torch.device("cpu"), torch.device("cpu"))
+    fakes.model_management.LOWVRAM_BUDGET = 60_000
     try:
         fakes.model_management.load_models_gpu([patcher])
     finally:
         fakes.model_management.reset()
     params = dict(module.named_parameters())
-    for owner, names in NON_LEAF_OWNERS.items():
-        for name in names:
-            p = params[f"{owner}.{name}" if owner else name]
-            assert isinstance(p, mp.OffloadedParameter) and p.device == mp.OFFLOAD_DEVICE, (owner, name)
+    bare = {(owner, n): params[f"{owner}.{n}" if owner else n] for owner, names in NON_LEAF_OWNERS.items()
+            for n in names}
+    return module, patcher, bare
+
+
+def test_partial_load_leaves_non_leaf_parameters_on_the_offload_device(fakes):
+    mp = fakes.model_patcher
+    module, patcher, bare = _load_with_budget(fakes, mp.ModelPatcher)
+    params = dict(module.named_parameters())
+    for (owner, name), p in bare.items():
+        assert isinstance(p, mp.OffloadedParameter) and p.device == mp.OFFLOAD_DEVICE, (owner, name)
     kept = {n for n, m in module.named_modules() if isinstance(getattr(m, "weight", None), mp.OffloadedParameter)}
     loaded = {n for n, m in module.named_modules() if isinstance(getattr(m, "weight", None), torch.nn.Parameter)} - kept
     assert kept & {"blocks.0.ffn.fc1", "head"} and loaded, (kept, loaded)  # partly: some layers moved, some not
@@ -182,17 +190,9 @@ def test_dynamic_vram_linear_has_no_tensors_until_its_state_dict_is_loaded_throu
 def test_dynamic_patcher_streams_comfy_layers_and_puts_the_rest_on_the_device(newest):
     fakes, _, _ = newest
     mp = fakes.model_patcher
-    module = _tiny_module(fakes)
-    patcher = mp.CoreModelPatcher(module, torch.device("cpu"), torch.device("cpu"))
-    fakes.model_management.LOWVRAM_BUDGET = 60_000  # changes nothing under dynamic VRAM
-    try:
-        fakes.model_management.load_models_gpu([patcher])
-    finally:
-        fakes.model_management.reset()
-    params = dict(module.named_parameters())
-    for owner, names in NON_LEAF_OWNERS.items():
-        for name in names:
-            assert type(params[f"{owner}.{name}" if owner else name]) is torch.nn.Parameter, (owner, name)
+    module, _, bare = _load_with_budget(fakes, mp.CoreModelPatcher)  # the budget changes nothing here
+    for key, p in bare.items():
+        assert type(p) is torch.nn.Parameter, key
     assert isinstance(module.head.weight, mp.OffloadedParameter) and module.head.comfy_cast_weights
     x = torch.ones(2, 64)
     assert torch.equal(module.head(x), torch.nn.functional.linear(x, module.head.weight.as_subclass(torch.Tensor),

@@ -1,4 +1,4 @@
-"""Download speed and resume behaviour of infinity_core.downloads against the stand-in hub on 127.0.0.1.
+"""Download speed and resume behaviour of infinity_core.downloads.fetch against the stand-in hub on 127.0.0.1.
 
 The stand-in (tests/hub_server.py) serves a random file from memory through the real huggingface_hub
 client; the numbers measure our path (HEAD, GET, writing, hashing, renaming), not an internet link.
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from hub_server import FakeHub  # noqa: E402
-from infinity_core import downloads, hub, model_files  # noqa: E402
+from infinity_core.downloads import fetch as downloads, hub, official as model_files  # noqa: E402
 
 REPO_ID = "FoundationVision/Infinity"
 

@@ -54,7 +54,7 @@ def _models_dir(args) -> Path:
 
 def _official_paths(args) -> dict[str, Path]:
     """Where the chosen model's official files are (or will be) in the models folder."""
-    from .model_files import bundle
+    from .downloads.official import bundle
     root = _models_dir(args)
     paths = {spec.kind: root / spec.folder / spec.name for spec in bundle(args.model)}
     hf_folder = root / "text_encoders" / "flan-t5-xl"
@@ -77,8 +77,8 @@ def _missing_files(args) -> list[str]:
 
 
 def _download(targets: list[str], models_dir: Path, dry_run: bool = False) -> int:
-    from .downloads import describe, plan, run
-    from .model_files import bundle, gb
+    from .downloads.fetch import describe, plan, run
+    from .downloads.official import bundle, gb
     specs = list({spec.key: spec for t in targets for spec in bundle(t)}.values())
     steps = plan(specs, lambda folder: models_dir / folder)
     print(f"models folder: {models_dir.resolve()}\n" + describe(steps))
@@ -133,8 +133,8 @@ def cmd_generate(args) -> int:
         _download([args.model], _models_dir(args))
         missing = _missing_files(args)
     if missing:
-        from .downloads import manual_instructions
-        from .model_files import bundle
+        from .downloads.fetch import manual_instructions
+        from .downloads.official import bundle
         root = _models_dir(args)
         sys.stderr.write("Missing model files:\n  " + "\n  ".join(missing) + "\n\n" + MODEL_FILES + "\n\n"
                          "Or add --download to fetch them now, or get them by hand:\n"

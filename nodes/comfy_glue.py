@@ -17,7 +17,7 @@ import comfy.utils
 import folder_paths
 import torch
 
-from ..infinity_core import downloads, model_files
+from ..infinity_core.downloads import fetch as downloads, official as model_files
 from ..infinity_core.errors import CheckpointError, MemoryBudgetError
 from ..infinity_core import devices
 from ..infinity_core.file_kinds import fits_loader

@@ -17,7 +17,7 @@ from ..infinity_core.errors import InfinityError, IncompatibleModelsError, Promp
 from ..infinity_core.file_kinds import peek_tokenizer_config
 from ..infinity_core.images import preview_rgb, to_rgb01
 from ..infinity_core.loading import pair
-from ..infinity_core.model_files import by_name
+from ..infinity_core.downloads.official import by_name
 from ..infinity_core.memory import decode_bytes
 from ..infinity_core.pruning import DEFAULT_RATIO, PRESETS
 from ..infinity_core.quantizer import token_bits_to_vae

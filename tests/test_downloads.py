@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 import hub_models
 from hub_harness import needs_fixtures
-from infinity_core import downloads, hub, model_files
+from infinity_core.downloads import fetch as downloads, hub, official as model_files
 from infinity_core.errors import DownloadError
 from shared_paths import MODEL_A, TOKENIZER_DIR
 

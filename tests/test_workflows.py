@@ -123,8 +123,10 @@ def pack(tmp_path_factory):
             classes = asyncio.run(extension.get_node_list())
             specs = {cls.GET_SCHEMA().node_id: spec_from_schema(cls.GET_SCHEMA()) for cls in classes}
             tables = sys.modules[f"{PACK}.nodes"].schedule_tables()
-            core = {name: sys.modules[f"{PACK}.infinity_core.{name}"]
-                    for name in ("schedules", "memory", "config", "model_files")}
+            core = {"schedules": sys.modules[f"{PACK}.infinity_core.schedules"],
+                    "memory": sys.modules[f"{PACK}.infinity_core.memory"],
+                    "config": sys.modules[f"{PACK}.infinity_core.config"],
+                    "model_files": sys.modules[f"{PACK}.infinity_core.downloads.official"]}
             yield {"specs": specs, "tables": tables, "schedules": core["schedules"], "core": core}
     finally:
         _drop_modules(PACK)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DownloadError
+from ..errors import DownloadError
 
 HEADER_LIMIT = 100_000_000  # safetensors' own limit on the JSON header
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
@@ -120,7 +120,7 @@ def target_dtype(name: str) -> torch.dtype:
 
 def check_complete(selected: dict[str, Tensor], source: str) -> None:
     """The selection is a whole T5 encoder (the loader's own config inference must succeed on it)."""
-    from .text_encoder import infer_t5_config
+    from ..text_encoder import infer_t5_config
     meta = {name: torch.empty(t.shape, device="meta") for name, t in selected.items()}
     try:
         infer_t5_config(meta)

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import DownloadError
+from ..errors import DownloadError
 
 RECORD = ".infinity-downloads.json"
 HASH_CHUNK = 8 << 20

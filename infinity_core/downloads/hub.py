@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlparse
 
-from .errors import DownloadError
+from ..errors import DownloadError
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from typing import Callable
 
 from . import hub
 from . import t5_encoder_file as t5file
-from .checkpoints import read_weight_map
-from .errors import CheckpointError, DownloadError
-from .model_files import ModelFile, gb
-from .model_folder import RECORD, file_digest, is_verified, record, recorded, safe_join
+from ..checkpoints import read_weight_map
+from ..errors import CheckpointError, DownloadError
+from .official import ModelFile, gb
+from .records import RECORD, file_digest, is_verified, record, recorded, safe_join
 
 __all__ = ["RECORD", "Progress", "Report", "Step", "describe", "ensure", "file_digest", "is_verified",
            "manual_instructions", "plan", "run", "safe_join"]

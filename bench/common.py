@@ -55,7 +55,7 @@ def size_config(size: str) -> InfinityConfig:
     if size == "tiny":
         path = tiny_fixture_path()
         if path is not None:
-            from infinity_core.loading import transformer_state_dict
+            from infinity_core.files.loading import transformer_state_dict
             return transformer_state_dict(path)[0]
         return TINY_CONFIG
     return INFINITY_PRESETS[SIZES[size]]
@@ -63,9 +63,9 @@ def size_config(size: str) -> InfinityConfig:
 
 def build_ours(size: str, dtype: torch.dtype, device: str):
     """Our transformer with the benchmark's weights: the tiny fixture file, or seeded random weights."""
-    from infinity_core.random_models import random_transformer
+    from infinity_core.files.random_models import random_transformer
     if size == "tiny" and tiny_fixture_path() is not None:
-        from infinity_core.loading import load_transformer
+        from infinity_core.files.loading import load_transformer
         return load_transformer(tiny_fixture_path(), dtype=dtype, device=device), f"fixture {tiny_fixture_path().name}"
     return random_transformer(size_config(size), seed=SEED, dtype=dtype, device=device), f"random weights (seed {SEED})"
 

@@ -21,7 +21,7 @@ The model is built as `tools/run_infinity.py load_infinity` builds it (shared_al
 pad_to_multiplier 128, rope2d_each_sa_layer 1, rope2d_normalized_by_hw 2, inference_mode, block chunks
 as in the released layout), with the constructor's random init skipped (`reset_parameters` no-op) and
 then `load_state_dict(..., assign=True)` of OUR random weights written in the released layout
-(`infinity_core.random_models.transformer_file_state_dict`), or the tiny fixture file itself. The
+(`infinity_core.files.random_models.transformer_file_state_dict`), or the tiny fixture file itself. The
 bits -> codes step uses a stand-in VAE exposing `quantizer.lfq.indices_to_codes(bits, 'bit_label')`
 (the reference's BSQ formula) and `quantizer.z_interplote_up = 'trilinear'` (the real one needs einops
 and a full tokenizer). The call is `gen_one_img`'s, minus the VAE decode (`ret_img=False`): B=1,
@@ -175,11 +175,11 @@ def no_init():
 # ---- worker -------------------------------------------------------------------------------------------
 def reference_state_dict(size: str, dtype):
     """(our model or None, released-layout state dict, source) with the benchmark's weights."""
-    from infinity_core.random_models import random_transformer, transformer_file_state_dict
+    from infinity_core.files.random_models import random_transformer, transformer_file_state_dict
     fixture = common.tiny_fixture_path() if size == "tiny" else None
     if fixture is not None:
-        from infinity_core.checkpoints import read_file
-        from infinity_core.loading import load_transformer
+        from infinity_core.files.checkpoints import read_file
+        from infinity_core.files.loading import load_transformer
         return load_transformer(fixture), read_file(fixture), f"fixture {fixture.name}"
     ours = random_transformer(common.size_config(size), seed=common.SEED, dtype=torch.float32)
     return ours, transformer_file_state_dict(ours), f"random weights (seed {common.SEED})"

@@ -7,7 +7,7 @@ from .conditioning import TextEmbedding
 from .config import INFINITY_PRESETS, VAE_PRESETS, InfinityConfig, VAEConfig
 from .errors import (CheckpointError, IncompatibleModelsError, InfinityError, MemoryBudgetError, PromptError,
                      ResolutionError, SamplingError)
-from .loading import load_tokenizer, load_transformer, pair
+from .files.loading import load_tokenizer, load_transformer, pair
 from .sampler import SampleResult, SamplerSettings, ScaleProgress, make_generators, sample
 from .schedules import PIXEL_BUDGETS, TEMPLATE_RATIOS, ScaleSchedule, nearest_template, schedule_for_size
 from .transformer import InfinityTransformer

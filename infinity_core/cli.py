@@ -141,7 +141,7 @@ def cmd_generate(args) -> int:
                          + manual_instructions(bundle(args.model), lambda folder: root / folder) + "\n")
         return 2
     image, mask = _load_picture(args)  # before loading any model
-    from .loading import load_tokenizer, load_transformer
+    from .files.loading import load_tokenizer, load_transformer
     from .pipeline import GenerationRequest, generate
     from .sampler import SamplerSettings
     from .speed import SpeedSettings
@@ -180,14 +180,14 @@ def cmd_generate(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .convert import convert
+    from .files.convert import convert
     out = convert(args.src, args.dst, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
 
 
 def cmd_info(args) -> int:
-    from .convert import describe
+    from .files.convert import describe
     print(describe(args.file))
     return 0
 

@@ -14,7 +14,7 @@ from .conditioning import TextEmbedding
 from .devices import attention_plan_for
 from .errors import PromptError, SamplingError
 from .images import decode_tiled, from_rgb01, to_rgb01
-from .loading import pair
+from .files.loading import pair
 from .masks import TeacherForcing, fit_mask, paste_back
 from .memory import available_bytes, require_memory
 from .sampler import SampleResult, SamplerSettings, make_generators, sample

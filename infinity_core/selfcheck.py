@@ -16,9 +16,9 @@ import torch
 from .conditioning import TextEmbedding
 from .config import InfinityConfig, VAEConfig
 from .images import save_png
-from .loading import load_tokenizer, load_transformer, pair
+from .files.loading import load_tokenizer, load_transformer, pair
 from .pipeline import GenerationRequest, generate
-from .random_models import random_tokenizer, random_transformer, save_reference_files
+from .files.random_models import random_tokenizer, random_transformer, save_reference_files
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
-from .checkpoints import read_file
+from .files.checkpoints import read_file
 from .conditioning import MAX_LENGTH, TextEmbedding
 from .errors import CheckpointError, PromptError
 

@@ -20,9 +20,9 @@ import torch
 from ..infinity_core.downloads import fetch as downloads, official as model_files
 from ..infinity_core.errors import CheckpointError, MemoryBudgetError
 from ..infinity_core import devices
-from ..infinity_core.file_kinds import fits_loader
-from ..infinity_core.loading import (build_tokenizer, build_transformer, storage_cast, tokenizer_state_dict,
-                                     transformer_state_dict)
+from ..infinity_core.files.file_kinds import fits_loader
+from ..infinity_core.files.loading import (build_tokenizer, build_transformer, storage_cast, tokenizer_state_dict,
+                                           transformer_state_dict)
 from .types import ModelHandle, TextEncoderHandle, TokenizerHandle
 
 log = logging.getLogger(__name__)

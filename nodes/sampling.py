@@ -14,9 +14,9 @@ from ..infinity_core import validation
 from ..infinity_core.config import VAE_PRESETS, VAEConfig
 from ..infinity_core.devices import attention_plan_for
 from ..infinity_core.errors import InfinityError, IncompatibleModelsError, PromptError, SamplingError
-from ..infinity_core.file_kinds import peek_tokenizer_config
+from ..infinity_core.files.file_kinds import peek_tokenizer_config
 from ..infinity_core.images import preview_rgb, to_rgb01
-from ..infinity_core.loading import pair
+from ..infinity_core.files.loading import pair
 from ..infinity_core.downloads.official import by_name
 from ..infinity_core.memory import decode_bytes
 from ..infinity_core.pruning import DEFAULT_RATIO, PRESETS

@@ -122,13 +122,13 @@ def tiny_vae_config():
 
 @pytest.fixture(scope="session")
 def tiny_transformer(tiny_config):
-    from infinity_core.random_models import random_transformer
+    from infinity_core.files.random_models import random_transformer
     return random_transformer(tiny_config, seed=1)
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_vae_config):
-    from infinity_core.random_models import random_tokenizer
+    from infinity_core.files.random_models import random_tokenizer
     return random_tokenizer(tiny_vae_config, seed=2)
 
 
@@ -141,7 +141,7 @@ def prompt():
 @pytest.fixture(scope="session")
 def tiny_files(tmp_path_factory, tiny_transformer, tiny_tokenizer):
     """The tiny random models written in the released layouts, both formats."""
-    from infinity_core.random_models import save_reference_files
+    from infinity_core.files.random_models import save_reference_files
     root = tmp_path_factory.mktemp("tiny_models")
     return {fmt: save_reference_files(root / fmt, tiny_transformer, tiny_tokenizer, fmt)
             for fmt in ("pth", "safetensors")}

@@ -95,7 +95,7 @@ def _populate(base: Path) -> None:
 def _d32_tokenizer(pack, path: Path) -> None:
     """A tokenizer with 32 bits per cell: does not fit the d16 tiny transformer."""
     core = importlib.import_module(f"{pack.__name__}.infinity_core")
-    rm = importlib.import_module(f"{pack.__name__}.infinity_core.random_models")
+    rm = importlib.import_module(f"{pack.__name__}.infinity_core.files.random_models")
     config = core.VAEConfig(codebook_dim=32, base_ch=24, encoder_ch_mult=(1, 1, 1, 1, 2),
                             decoder_ch_mult=(1, 1, 1, 1, 2))
     save_file(rm.tokenizer_file_state_dict(rm.random_tokenizer(config, seed=3)), str(path))

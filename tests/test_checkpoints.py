@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from infinity_core.checkpoints import remap_transformer_keys, to_reference_keys
+from infinity_core.files.checkpoints import remap_transformer_keys, to_reference_keys
 from infinity_core.config import INFINITY_PRESETS, VAE_PRESETS, VAEConfig
-from infinity_core.convert import convert, describe
+from infinity_core.files.convert import convert, describe
 from infinity_core.errors import CheckpointError, IncompatibleModelsError
-from infinity_core.loading import load_tokenizer, load_transformer, pair
-from infinity_core.random_models import random_tokenizer, transformer_file_state_dict
+from infinity_core.files.loading import load_tokenizer, load_transformer, pair
+from infinity_core.files.random_models import random_tokenizer, transformer_file_state_dict
 from shared_paths import MODEL_A
 
 

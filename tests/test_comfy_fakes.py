@@ -79,7 +79,7 @@ def test_model_folders_share_one_extension_set(fakes):
 
 def _tiny_module(fakes, depth=2):
     from infinity_core.config import InfinityConfig
-    from infinity_core.random_models import random_transformer
+    from infinity_core.files.random_models import random_transformer
     from infinity_core.transformer import InfinityTransformer
     config = InfinityConfig(depth=depth, embed_dim=64, num_heads=2, bits_per_token=16, text_channels=128)
     module = InfinityTransformer(config, ops=fakes.ops.manual_cast)
@@ -134,7 +134,7 @@ import comfy.options
 comfy.options.enable_args_parsing()
 import torch, comfy.model_patcher, comfy.ops
 from infinity_core.config import InfinityConfig
-from infinity_core.random_models import random_transformer
+from infinity_core.files.random_models import random_transformer
 from infinity_core.transformer import InfinityTransformer
 config = InfinityConfig(depth=2, embed_dim=64, num_heads=2, bits_per_token=16, text_channels=128)
 module = InfinityTransformer(config, ops=comfy.ops.manual_cast)

@@ -6,7 +6,7 @@ modules, so a mismatch between our module tree and the real files shows up witho
 import pytest
 import torch
 
-from infinity_core.checkpoints import check_keys, remap_transformer_keys, remap_vae_keys
+from infinity_core.files.checkpoints import check_keys, remap_transformer_keys, remap_vae_keys
 from infinity_core.config import (INFINITY_PRESETS, VAE_PRESETS, infinity_config_from_state_dict, mlp_hidden_width,
                                   preset_name, vae_config_from_state_dict)
 from infinity_core.transformer import InfinityTransformer

@@ -9,8 +9,8 @@ from infinity_core import attention as attention_module
 from infinity_core import devices, quantizer, resize
 from infinity_core.attention import attention
 from infinity_core.images import preview_rgb
-from infinity_core.loading import storage_cast
-from infinity_core.random_models import random_transformer
+from infinity_core.files.loading import storage_cast
+from infinity_core.files.random_models import random_transformer
 from infinity_core.sampler import exponential_race, make_generators, mask_logits_, sample
 from infinity_core.schedules import PIXEL_BUDGETS, TEMPLATES, ScaleSchedule
 from test_devices import FP8

@@ -37,7 +37,7 @@ def leftovers(root):
 
 # ---- a whole model -----------------------------------------------------------------------------------------
 def test_full_download_lands_in_the_models_folder_verified_and_loads(online, tmp_path):
-    from infinity_core.loading import load_tokenizer, load_transformer
+    from infinity_core.files.loading import load_tokenizer, load_transformer
     seen = []
     report = fetch(model_files.bundle("2b"), tmp_path, progress=seen.append)
     transformer = tmp_path / "infinity" / "infinity_2b_reg.pth"
@@ -101,7 +101,7 @@ def test_a_missing_tokenizer_file_does_not_rebuild_the_encoder(online, tmp_path)
 
 
 def test_sharded_8b_index_comes_last_and_loads(online, tmp_path):
-    from infinity_core.loading import load_transformer
+    from infinity_core.files.loading import load_transformer
     fetch([official("8b")], tmp_path)
     folder = tmp_path / "infinity" / "infinity_8b_weights"
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [

@@ -35,11 +35,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from infinity_core.checkpoints import detect_kind, read_file, unwrap_state_dict
+from infinity_core.files.checkpoints import detect_kind, read_file, unwrap_state_dict
 from infinity_core.conditioning import TextEmbedding
-from infinity_core.convert import describe
+from infinity_core.files.convert import describe
 from infinity_core.errors import InfinityError
-from infinity_core.loading import load_tokenizer, load_transformer
+from infinity_core.files.loading import load_tokenizer, load_transformer
 from infinity_core.rope import rope_table
 from infinity_core.sampler import make_generators, sample
 from infinity_core.schedules import ScaleSchedule

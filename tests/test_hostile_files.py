@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from infinity_core import cli
-from infinity_core.checkpoints import read_file
-from infinity_core.convert import convert, describe
+from infinity_core.files.checkpoints import read_file
+from infinity_core.files.convert import convert, describe
 from infinity_core.errors import CheckpointError
-from infinity_core.loading import load_tokenizer, load_transformer
-from infinity_core.random_models import transformer_file_state_dict
+from infinity_core.files.loading import load_tokenizer, load_transformer
+from infinity_core.files.random_models import transformer_file_state_dict
 from pack_harness import expect_error
 
 

@@ -10,7 +10,7 @@ from infinity_core.images import from_rgb01
 from infinity_core.masks import TeacherForcing, regenerate_masks
 from infinity_core.pruning import build_policy, farthest_tokens
 from infinity_core.quantizer import summed_codes, token_bits_to_vae
-from infinity_core.random_models import random_tokenizer, random_transformer
+from infinity_core.files.random_models import random_tokenizer, random_transformer
 from infinity_core.sampler import make_generators, output_scales, sample
 from infinity_core.schedules import ScaleSchedule
 

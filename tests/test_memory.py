@@ -4,7 +4,7 @@ import torch
 
 from infinity_core.config import InfinityConfig, VAEConfig
 from infinity_core.memory import decode_bytes, encode_bytes, sampling_bytes
-from infinity_core.random_models import random_tokenizer, random_transformer
+from infinity_core.files.random_models import random_tokenizer, random_transformer
 from infinity_core.rope import rope_table
 from infinity_core.sampler import make_generators, sample
 from infinity_core.schedules import ScaleSchedule

@@ -103,7 +103,7 @@ def test_the_loaders_build_through_the_running_comfyuis_ops_and_patcher(env, mod
     is loaded through it, and ComfyUI's core models go through `CoreModelPatcher` (= ModelPatcherDynamic).
     The loaders take whatever ComfyUI runs: every tensor of the file lands in the module bit for bit, and
     the sample equals the core's own model, built outside ComfyUI from the same file."""
-    loading, sampler_mod = env.core("loading"), env.core("sampler")
+    loading, sampler_mod = env.core("files.loading"), env.core("sampler")
     patchers = env.patcher_module
     want = patchers.ModelPatcherDynamic if env.dynamic_vram else patchers.ModelPatcher
     for handle in (models.model, models.vae, models.t5):

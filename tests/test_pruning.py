@@ -11,7 +11,7 @@ from infinity_core.masks import TeacherForcing
 from infinity_core.memory import sampling_bytes
 from infinity_core.pruning import PruningPolicy, ScalePlan, TokenSubset, build_policy, farthest_tokens
 from infinity_core.quantizer import summed_codes, token_bits_to_vae
-from infinity_core.random_models import random_transformer
+from infinity_core.files.random_models import random_transformer
 from infinity_core.rope import rope_table
 from infinity_core.sampler import SamplerSettings, make_generators, sample
 from infinity_core.schedules import PIXEL_BUDGETS, TEMPLATES, ScaleSchedule
@@ -221,7 +221,8 @@ def test_pipeline_and_cli_take_the_speed_settings(tiny_transformer, tiny_tokeniz
 
 
 def test_cli_generate_with_pruning(tmp_path, tiny_transformer, tiny_tokenizer, prompt, caplog, monkeypatch):
-    from infinity_core import cli, loading, pipeline, text_encoder
+    from infinity_core import cli, pipeline, text_encoder
+    from infinity_core.files import loading
 
     class Encoder:
         def encode(self, prompts):

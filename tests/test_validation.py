@@ -58,7 +58,7 @@ def test_text_features_of_the_wrong_width_are_refused_by_the_core(tiny_transform
 
 def test_a_model_with_fewer_levels_or_a_shorter_null_text_is_refused(prompt):
     from infinity_core.config import InfinityConfig
-    from infinity_core.random_models import random_transformer
+    from infinity_core.files.random_models import random_transformer
     few = random_transformer(InfinityConfig(depth=1, embed_dim=64, num_heads=2, bits_per_token=16, text_channels=128,
                                             num_levels=3, text_maxlen=4))
     short = TextEmbedding.from_single(prompt.features_NC[:3])

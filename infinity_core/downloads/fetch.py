@@ -29,7 +29,7 @@ from typing import Callable
 
 from . import hub
 from . import t5_encoder_file as t5file
-from ..checkpoints import read_weight_map
+from ..files.checkpoints import read_weight_map
 from ..errors import CheckpointError, DownloadError
 from .official import ModelFile, gb
 from .records import RECORD, file_digest, is_verified, record, recorded, safe_join

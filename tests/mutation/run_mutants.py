@@ -37,7 +37,7 @@ from mutants import Mutant, mutants_of  # noqa: E402
 
 TARGETS = [
     "infinity_core/sampler.py", "infinity_core/transformer.py", "infinity_core/layers.py", "infinity_core/ops.py",
-    "infinity_core/quantizer.py", "infinity_core/rope.py", "infinity_core/checkpoints.py",
+    "infinity_core/quantizer.py", "infinity_core/rope.py", "infinity_core/files/checkpoints.py",
     "infinity_core/text_encoder.py", "infinity_core/memory.py",
     "nodes/sampling.py", "nodes/latents.py", "nodes/types.py", "nodes/comfy_glue.py", "nodes/loaders.py",
     "nodes/conditioning.py",

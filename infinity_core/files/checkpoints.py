@@ -19,8 +19,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 
-from .errors import CheckpointError
-from .validation import all_finite
+from ..errors import CheckpointError
+from ..validation import all_finite
 
 log = logging.getLogger(__name__)
 

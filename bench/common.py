@@ -21,8 +21,8 @@ if str(REPO_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from infinity_core.config import INFINITY_PRESETS, InfinityConfig  # noqa: E402
-from infinity_core.conditioning import TextEmbedding  # noqa: E402
+from infinity_core.model.config import INFINITY_PRESETS, InfinityConfig  # noqa: E402
+from infinity_core.model.conditioning import TextEmbedding  # noqa: E402
 from infinity_core.memory import kv_cache_bytes  # noqa: E402
 from infinity_core.schedules import ScaleSchedule  # noqa: E402
 

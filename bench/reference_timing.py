@@ -295,7 +295,7 @@ def run_case(spec: dict, repo: str) -> dict:
 
 def bits_agreement(ref_bits, ours_result, schedule) -> dict:
     """Fraction of sampled bits that our sampler drew identically (same weights, text and seed)."""
-    from infinity_core.quantizer import token_bits_to_vae
+    from infinity_core.model.quantizer import token_bits_to_vae
     per_scale = []
     for si, (rb, ob) in enumerate(zip(ref_bits, ours_result.bits)):
         ob = token_bits_to_vae(ob, schedule.grids[si], False)

@@ -3,15 +3,15 @@
 Loads the released checkpoints unchanged and reproduces the reference sampler. Never imports
 ComfyUI; the pack's `nodes/` wrap this package.
 """
-from .conditioning import TextEmbedding
-from .config import INFINITY_PRESETS, VAE_PRESETS, InfinityConfig, VAEConfig
+from .model.conditioning import TextEmbedding
+from .model.config import INFINITY_PRESETS, VAE_PRESETS, InfinityConfig, VAEConfig
 from .errors import (CheckpointError, IncompatibleModelsError, InfinityError, MemoryBudgetError, PromptError,
                      ResolutionError, SamplingError)
 from .files.loading import load_tokenizer, load_transformer, pair
 from .sampler import SampleResult, SamplerSettings, ScaleProgress, make_generators, sample
 from .schedules import PIXEL_BUDGETS, TEMPLATE_RATIOS, ScaleSchedule, nearest_template, schedule_for_size
-from .transformer import InfinityTransformer
-from .vae import BitwiseTokenizer
+from .model.transformer import InfinityTransformer
+from .model.vae import BitwiseTokenizer
 
 __all__ = [
     "TextEmbedding", "INFINITY_PRESETS", "VAE_PRESETS", "InfinityConfig", "VAEConfig", "CheckpointError",

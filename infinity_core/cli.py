@@ -147,7 +147,7 @@ def cmd_generate(args) -> int:
     from .speed import SpeedSettings
     from transformers.utils import logging as hf_logging
 
-    from .text_encoder import T5TextEncoder
+    from .model.text_encoder import T5TextEncoder
     hf_logging.disable_progress_bar()  # our own log lines say what is loading
     device = _device(args.device)
     dtype = _dtype(args.dtype, device)

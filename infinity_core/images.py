@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from . import validation
 from .errors import ResolutionError
-from .vae import BitwiseTokenizer
+from .model.vae import BitwiseTokenizer
 
 
 def to_rgb01(decoded_B3HW: torch.Tensor) -> torch.Tensor:

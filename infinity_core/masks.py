@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from .errors import SamplingError
 from .images import cover_box
-from .quantizer import vae_bits_to_tokens
+from .model.quantizer import vae_bits_to_tokens
 from .schedules import ScaleSchedule
 
 TEACHER_HINT = "encode the image with the tokenizer that matches the model, at the size and budget of this run"

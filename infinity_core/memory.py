@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from .config import InfinityConfig, VAEConfig
+from .model.config import InfinityConfig, VAEConfig
 from .devices import AttentionPlan
 from .errors import MemoryBudgetError
-from .pruning import PruningPolicy
+from .model.pruning import PruningPolicy
 from .schedules import TEMPLATES, ScaleSchedule
 
 

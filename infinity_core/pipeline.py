@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import validation
-from .conditioning import TextEmbedding
+from .model.conditioning import TextEmbedding
 from .devices import attention_plan_for
 from .errors import PromptError, SamplingError
 from .images import decode_tiled, from_rgb01, to_rgb01
@@ -20,8 +20,8 @@ from .memory import available_bytes, require_memory
 from .sampler import SampleResult, SamplerSettings, make_generators, sample
 from .schedules import schedule_for_size
 from .speed import SpeedSettings, run_memory
-from .transformer import InfinityTransformer
-from .vae import BitwiseTokenizer
+from .model.transformer import InfinityTransformer
+from .model.vae import BitwiseTokenizer
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .conditioning import TextEmbedding
-from .config import InfinityConfig, VAEConfig
+from .model.conditioning import TextEmbedding
+from .model.config import InfinityConfig, VAEConfig
 from .images import save_png
 from .files.loading import load_tokenizer, load_transformer, pair
 from .pipeline import GenerationRequest, generate

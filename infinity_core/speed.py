@@ -10,11 +10,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .config import InfinityConfig
+from .model.config import InfinityConfig
 from .devices import AttentionPlan
 from .errors import SamplingError
 from .memory import sampling_bytes
-from .pruning import DEFAULT_RATIO, PruningPolicy, build_policy
+from .model.pruning import DEFAULT_RATIO, PruningPolicy, build_policy
 from .sampler import SamplerSettings
 from .schedules import ScaleSchedule
 

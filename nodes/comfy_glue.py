@@ -231,7 +231,7 @@ def _tokenizer_dir(folder: Path) -> Path:
 
 
 def load_text_encoder(path: str, dtype_name: str) -> TextEncoderHandle:
-    from ..infinity_core.text_encoder import T5TextEncoder  # needs transformers; only this loader does
+    from ..infinity_core.model.text_encoder import T5TextEncoder  # needs transformers; only this loader does
     load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
     # fp32 on the CPU (also under --lowvram, where T5 runs there: fp16 is up to 5x slower); on a GPU ComfyUI's
     # text-encoder dtype (fp16, or its flag)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .node_api import io, ui
 
-from ..infinity_core.conditioning import MAX_LENGTH
+from ..infinity_core.model.conditioning import MAX_LENGTH
 from . import comfy_glue as glue
 from .types import Conditioning, InfinityConditioning, InfinityTextEncoder, TextEncoderHandle
 

@@ -8,7 +8,7 @@ from ..infinity_core import validation
 from ..infinity_core.errors import CheckpointError, ResolutionError
 from ..infinity_core.images import decode_tiled, from_rgb01, tile_boxes, to_rgb01
 from ..infinity_core.memory import decode_bytes, encode_bytes
-from ..infinity_core.quantizer import summed_codes
+from ..infinity_core.model.quantizer import summed_codes
 from ..infinity_core.schedules import MAX_SIDE
 from . import comfy_glue as glue
 from .inpaint import encode_mask, masks_for_batch

@@ -11,7 +11,7 @@ from .node_api import io, ui
 from PIL import Image
 
 from ..infinity_core import validation
-from ..infinity_core.config import VAE_PRESETS, VAEConfig
+from ..infinity_core.model.config import VAE_PRESETS, VAEConfig
 from ..infinity_core.devices import attention_plan_for
 from ..infinity_core.errors import InfinityError, IncompatibleModelsError, PromptError, SamplingError
 from ..infinity_core.files.file_kinds import peek_tokenizer_config
@@ -19,8 +19,8 @@ from ..infinity_core.images import preview_rgb, to_rgb01
 from ..infinity_core.files.loading import pair
 from ..infinity_core.downloads.official import by_name
 from ..infinity_core.memory import decode_bytes
-from ..infinity_core.pruning import DEFAULT_RATIO, PRESETS
-from ..infinity_core.quantizer import token_bits_to_vae
+from ..infinity_core.model.pruning import DEFAULT_RATIO, PRESETS
+from ..infinity_core.model.quantizer import token_bits_to_vae
 from ..infinity_core.resize import area_2d
 from ..infinity_core.sampler import SamplerSettings, make_generators, output_scales, sample
 from ..infinity_core.schedules import MAX_SIDE, MIN_SIDE

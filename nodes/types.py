@@ -20,10 +20,10 @@ import torch
 from .node_api import io
 
 from ..infinity_core import validation
-from ..infinity_core.conditioning import TextEmbedding
-from ..infinity_core.config import InfinityConfig, VAEConfig
+from ..infinity_core.model.conditioning import TextEmbedding
+from ..infinity_core.model.config import InfinityConfig, VAEConfig
 from ..infinity_core.errors import IncompatibleModelsError, InfinityError, ResolutionError
-from ..infinity_core.quantizer import quantize_multiscale, summed_codes
+from ..infinity_core.model.quantizer import quantize_multiscale, summed_codes
 from ..infinity_core.schedules import (AUTO_BUDGET, PIXEL_BUDGETS, TEMPLATES, ScaleSchedule, resolve_budget,
                                        schedule_for_final_grid, template_for_size)
 

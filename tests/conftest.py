@@ -134,7 +134,7 @@ def tiny_tokenizer(tiny_vae_config):
 
 @pytest.fixture
 def prompt():
-    from infinity_core.conditioning import TextEmbedding
+    from infinity_core.model.conditioning import TextEmbedding
     return TextEmbedding.from_single(torch.randn(9, 128, generator=torch.Generator().manual_seed(21)))
 
 

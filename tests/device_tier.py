@@ -53,7 +53,7 @@ def _module(env, name: str):
 
 
 def shapes(env, model: str):
-    config = env.core("config")
+    config = env.core("model.config")
     if model == "2b":
         return config.INFINITY_PRESETS["infinity_2b"], config.VAE_PRESETS["infinity_vae_d32"]
     return config.INFINITY_PRESETS["infinity_8b"], config.VAE_PRESETS["infinity_vae_d56_f8_14_patchify"]
@@ -73,7 +73,7 @@ def host_bytes(module: torch.nn.Module) -> int:
 def transformer_handle(env, model: str, partial: bool):
     config, vae_config = shapes(env, model)
     ops = sys.modules["comfy.ops"].manual_cast
-    module = on_device(env.core("transformer").InfinityTransformer(config, ops=ops, device=DEVICE), DTYPE).eval()
+    module = on_device(env.core("model.transformer").InfinityTransformer(config, ops=ops, device=DEVICE), DTYPE).eval()
     for i, block in enumerate(module.blocks):
         if partial and i % 4 == 3:
             offload(block)
@@ -84,7 +84,7 @@ def transformer_handle(env, model: str, partial: bool):
 def tokenizer_handle(env, model: str, partial: bool, dtype=torch.float32):
     _, config = shapes(env, model)
     ops = sys.modules["comfy.ops"].manual_cast
-    module = on_device(env.core("vae").BitwiseTokenizer(config, ops=ops, device=DEVICE), dtype).eval()
+    module = on_device(env.core("model.vae").BitwiseTokenizer(config, ops=ops, device=DEVICE), dtype).eval()
     for coder in (module.encoder, module.decoder):
         for i, stage in enumerate(coder.down if hasattr(coder, "down") else coder.up):
             if partial and i % 2 == 1:
@@ -105,7 +105,8 @@ def sampler_run(env, model: str, batch: int, partial: bool, vae_preview: bool = 
     _use_stand_in(env, partial)
     handle = transformer_handle(env, model, partial)
     sampling, types = _module(env, "nodes.sampling"), _module(env, "nodes.types")
-    text = env.core("conditioning").TextEmbedding.from_single(torch.zeros(TEXT_TOKENS, handle.config.text_channels))
+    embedding = env.core("model.conditioning").TextEmbedding
+    text = embedding.from_single(torch.zeros(TEXT_TOKENS, handle.config.text_channels))
     inputs = dict(model=handle, positive=types.Conditioning(text, "a prompt"), width=1024, height=1024, budget=budget,
                   seed=SEED, batch_size=batch, cfg=3.0, tau=0.5)
     node = sampling.InfinitySampler

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from infinity_core.files.checkpoints import remap_transformer_keys, to_reference_keys
-from infinity_core.config import INFINITY_PRESETS, VAE_PRESETS, VAEConfig
+from infinity_core.model.config import INFINITY_PRESETS, VAE_PRESETS, VAEConfig
 from infinity_core.files.convert import convert, describe
 from infinity_core.errors import CheckpointError, IncompatibleModelsError
 from infinity_core.files.loading import load_tokenizer, load_transformer, pair

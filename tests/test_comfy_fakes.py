@@ -78,9 +78,9 @@ def test_model_folders_share_one_extension_set(fakes):
 
 
 def _tiny_module(fakes, depth=2):
-    from infinity_core.config import InfinityConfig
+    from infinity_core.model.config import InfinityConfig
     from infinity_core.files.random_models import random_transformer
-    from infinity_core.transformer import InfinityTransformer
+    from infinity_core.model.transformer import InfinityTransformer
     config = InfinityConfig(depth=depth, embed_dim=64, num_heads=2, bits_per_token=16, text_channels=128)
     module = InfinityTransformer(config, ops=fakes.ops.manual_cast)
     module.load_state_dict(random_transformer(config, seed=0).state_dict())
@@ -133,9 +133,9 @@ sys.path[:0] = [comfyui, repo]
 import comfy.options
 comfy.options.enable_args_parsing()
 import torch, comfy.model_patcher, comfy.ops
-from infinity_core.config import InfinityConfig
+from infinity_core.model.config import InfinityConfig
 from infinity_core.files.random_models import random_transformer
-from infinity_core.transformer import InfinityTransformer
+from infinity_core.model.transformer import InfinityTransformer
 config = InfinityConfig(depth=2, embed_dim=64, num_heads=2, bits_per_token=16, text_channels=128)
 module = InfinityTransformer(config, ops=comfy.ops.manual_cast)
 module.load_state_dict(random_transformer(config, seed=0).state_dict())

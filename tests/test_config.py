@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from infinity_core.files.checkpoints import check_keys, remap_transformer_keys, remap_vae_keys
-from infinity_core.config import (INFINITY_PRESETS, VAE_PRESETS, infinity_config_from_state_dict, mlp_hidden_width,
-                                  preset_name, vae_config_from_state_dict)
-from infinity_core.transformer import InfinityTransformer
-from infinity_core.vae import BitwiseTokenizer
+from infinity_core.model.config import (INFINITY_PRESETS, VAE_PRESETS, infinity_config_from_state_dict,
+                                        mlp_hidden_width, preset_name, vae_config_from_state_dict)
+from infinity_core.model.transformer import InfinityTransformer
+from infinity_core.model.vae import BitwiseTokenizer
 
 BLOCK_SUFFIXES = ["ada_gss", "sa.scale_mul_1H11", "sa.q_bias", "sa.v_bias", "sa.zero_k_bias", "sa.mat_qkv.weight",
                   "sa.proj.weight", "sa.proj.bias", "ca.v_bias", "ca.zero_k_bias", "ca.mat_q.weight", "ca.mat_q.bias",

@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infinity_core import attention as attention_module
-from infinity_core import devices, quantizer, resize
-from infinity_core.attention import attention
+from infinity_core.model import attention as attention_module
+from infinity_core import devices, resize
+from infinity_core.model import quantizer
+from infinity_core.model.attention import attention
 from infinity_core.images import preview_rgb
 from infinity_core.files.loading import storage_cast
 from infinity_core.files.random_models import random_transformer

@@ -56,7 +56,7 @@ def test_full_download_lands_in_the_models_folder_verified_and_loads(online, tmp
 
 
 def test_t5_encoder_only_file_from_byte_ranges(online, tmp_path):
-    from infinity_core.text_encoder import T5TextEncoder
+    from infinity_core.model.text_encoder import T5TextEncoder
     fetch([official("t5")], tmp_path)
     folder = tmp_path / "text_encoders" / "flan-t5-xl-encoder"
     out = folder / "flan_t5_xl_encoder_fp16.safetensors"

@@ -19,7 +19,7 @@ import torch
 
 import reference_cases as rc
 from infinity_core.masks import TeacherForcing
-from infinity_core.pruning import build_policy
+from infinity_core.model.pruning import build_policy
 from infinity_core.sampler import sample
 from shared_paths import SHARED
 

@@ -36,14 +36,14 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from infinity_core.files.checkpoints import detect_kind, read_file, unwrap_state_dict
-from infinity_core.conditioning import TextEmbedding
+from infinity_core.model.conditioning import TextEmbedding
 from infinity_core.files.convert import describe
 from infinity_core.errors import InfinityError
 from infinity_core.files.loading import load_tokenizer, load_transformer
-from infinity_core.rope import rope_table
+from infinity_core.model.rope import rope_table
 from infinity_core.sampler import make_generators, sample
 from infinity_core.schedules import ScaleSchedule
-from infinity_core.transformer import InfinityTransformer
+from infinity_core.model.transformer import InfinityTransformer
 from shared_paths import MODEL_A
 
 pytestmark = pytest.mark.skipif(not MODEL_A.is_dir(), reason=f"shared fixtures not found under {MODEL_A}")

@@ -5,12 +5,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from infinity_core.conditioning import TextEmbedding
-from infinity_core.config import InfinityConfig
+from infinity_core.model.conditioning import TextEmbedding
+from infinity_core.model.config import InfinityConfig
 from infinity_core.errors import SamplingError
 from infinity_core.memory import sampling_bytes
 from infinity_core.files.random_models import random_transformer
-from infinity_core.rope import rope_table
+from infinity_core.model.rope import rope_table
 from infinity_core.sampler import SamplerSettings, make_generators, sample
 from infinity_core.schedules import ScaleSchedule
 from infinity_core.speed import SpeedSettings, unguided_last

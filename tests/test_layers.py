@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infinity_core import ops
-from infinity_core.conditioning import TextEmbedding
-from infinity_core.layers import FFN, KVCache
+from infinity_core.model import ops
+from infinity_core.model.conditioning import TextEmbedding
+from infinity_core.model.layers import FFN, KVCache
 from infinity_core.schedules import ScaleSchedule
 from tolerances import assert_within, mlp_bound
 
@@ -162,7 +162,8 @@ def test_models_hold_no_autograd_state(tiny_transformer, tiny_tokenizer):
 
 
 def test_on_an_accelerator_the_ffn_chunks_only_beyond_the_workspace(monkeypatch):
-    from infinity_core import devices, layers
+    from infinity_core import devices
+    from infinity_core.model import layers
     gpu = devices.DeviceInfo("cuda", capability=(9, 0))
     monkeypatch.setattr(layers, "ffn_rows_for", lambda device, hidden, dtype: devices.ffn_rows(gpu, hidden, dtype))
     ffn = _ffn()

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infinity_core.config import InfinityConfig, VAEConfig
+from infinity_core.model.config import InfinityConfig, VAEConfig
 from infinity_core.images import from_rgb01
 from infinity_core.masks import TeacherForcing, regenerate_masks
-from infinity_core.pruning import build_policy, farthest_tokens
-from infinity_core.quantizer import summed_codes, token_bits_to_vae
+from infinity_core.model.pruning import build_policy, farthest_tokens
+from infinity_core.model.quantizer import summed_codes, token_bits_to_vae
 from infinity_core.files.random_models import random_tokenizer, random_transformer
 from infinity_core.sampler import make_generators, output_scales, sample
 from infinity_core.schedules import ScaleSchedule
@@ -134,7 +134,7 @@ def test_pruned_scales_compute_the_drawn_tokens_first():
 
 def test_the_sampler_hands_the_drawn_tokens_to_the_pruned_blocks(tiny_transformer, tiny_tokenizer, prompt,
                                                                   monkeypatch):
-    import infinity_core.pruning as pruning
+    import infinity_core.model.pruning as pruning
     seen, real = [], pruning.farthest_tokens
 
     def spy(x_BLC, grid_hw, keep, first_BL=None):

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from infinity_core.config import InfinityConfig, VAEConfig
+from infinity_core.model.config import InfinityConfig, VAEConfig
 from infinity_core.memory import decode_bytes, encode_bytes, sampling_bytes
 from infinity_core.files.random_models import random_tokenizer, random_transformer
-from infinity_core.rope import rope_table
+from infinity_core.model.rope import rope_table
 from infinity_core.sampler import make_generators, sample
 from infinity_core.schedules import ScaleSchedule
 from live_bytes import LiveBytes
@@ -79,7 +79,7 @@ def test_the_estimate_counts_what_a_score_matrix_backend_allocates(tiny_config, 
     """MPS (and bf16 on pre-Ampere NVIDIA) build the whole score matrix: emulated here on CPU. Unchunked
     it lies outside the old estimate; chunked by the device's plan, the plan's estimate bounds the peak."""
     from test_device_paths import _materialising_sdpa
-    from infinity_core import attention as attention_module
+    from infinity_core.model import attention as attention_module
     from infinity_core.devices import AttentionPlan
     monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", _materialising_sdpa([]))
     model, schedule = random_transformer(WIDE, seed=0), ScaleSchedule(1.0, "0.25M")

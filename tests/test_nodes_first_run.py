@@ -194,7 +194,7 @@ def test_no_transformers_warning_when_loading_t5(env, caplog, monkeypatch):
     """transformers 4.x warns on every load that tokenizer.json names 'T5Tokenizer' (we load the fast file on
     purpose); the warning is silenced. Emulated here, since transformers 5 no longer says it."""
     import logging
-    text_encoder = env.core("text_encoder")
+    text_encoder = env.core("model.text_encoder")
     fast = text_encoder.PreTrainedTokenizerFast
     real = fast.from_pretrained.__func__
 

@@ -31,7 +31,7 @@ def test_node_equals_the_core_with_the_same_settings(env, models, node, pruning,
     core, settings, policy, schedule = _core(env, models, pruning, unguided=unguided)
     assert len(latent["infinity"]["bits"]) == len(core.bits) == (SCALES - 2 if pruning == "fastvar" else SCALES)
     assert torch.equal(latent["samples"], core.summed_codes)
-    to_vae = env.core("quantizer").token_bits_to_vae
+    to_vae = env.core("model.quantizer").token_bits_to_vae
     assert all(torch.equal(a, to_vae(b, g, False)) for a, b, g in zip(latent["infinity"]["bits"], core.bits,
                                                                        schedule.grids))
     text = out.ui.as_dict()["text"][0]

@@ -4,15 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infinity_core.config import INFINITY_PRESETS, InfinityConfig
-from infinity_core.conditioning import TextEmbedding
+from infinity_core.model.config import INFINITY_PRESETS, InfinityConfig
+from infinity_core.model.conditioning import TextEmbedding
 from infinity_core.errors import SamplingError
 from infinity_core.masks import TeacherForcing
 from infinity_core.memory import sampling_bytes
-from infinity_core.pruning import PruningPolicy, ScalePlan, TokenSubset, build_policy, farthest_tokens
-from infinity_core.quantizer import summed_codes, token_bits_to_vae
+from infinity_core.model.pruning import PruningPolicy, ScalePlan, TokenSubset, build_policy, farthest_tokens
+from infinity_core.model.quantizer import summed_codes, token_bits_to_vae
 from infinity_core.files.random_models import random_transformer
-from infinity_core.rope import rope_table
+from infinity_core.model.rope import rope_table
 from infinity_core.sampler import SamplerSettings, make_generators, sample
 from infinity_core.schedules import PIXEL_BUDGETS, TEMPLATES, ScaleSchedule
 from live_bytes import LiveBytes
@@ -197,7 +197,7 @@ def test_memory_estimate_knows_pruning(budget):
 
 
 def test_layer_span_of_the_released_models():
-    from infinity_core.pruning import fastvar_layers
+    from infinity_core.model.pruning import fastvar_layers
     assert fastvar_layers(INFINITY_PRESETS["infinity_2b"].depth) == (3, 28)
     assert fastvar_layers(INFINITY_PRESETS["infinity_8b"].depth) == (4, 35)
 
@@ -221,7 +221,8 @@ def test_pipeline_and_cli_take_the_speed_settings(tiny_transformer, tiny_tokeniz
 
 
 def test_cli_generate_with_pruning(tmp_path, tiny_transformer, tiny_tokenizer, prompt, caplog, monkeypatch):
-    from infinity_core import cli, pipeline, text_encoder
+    from infinity_core import cli, pipeline
+    from infinity_core.model import text_encoder
     from infinity_core.files import loading
 
     class Encoder:

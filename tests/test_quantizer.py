@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infinity_core.quantizer import (bits_to_codes, next_scale_input, quantize_multiscale, summed_codes,
+from infinity_core.model.quantizer import (bits_to_codes, next_scale_input, quantize_multiscale, summed_codes,
                                      token_bits_to_vae)
 from shared_paths import PUBLIC_FIXTURES
 

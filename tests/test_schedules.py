@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from infinity_core.errors import ResolutionError
-from infinity_core.rope import _positions, apply_rope_, rope_table
+from infinity_core.model.rope import _positions, apply_rope_, rope_table
 from infinity_core.schedules import (TEMPLATE_RATIOS, ScaleSchedule, nearest_template, schedule_for_size,
                                      schedule_from_grids)
 

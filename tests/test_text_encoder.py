@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from transformers import T5Config, T5EncoderModel
 
 from infinity_core.errors import CheckpointError
-from infinity_core.text_encoder import T5TextEncoder, infer_t5_config, load_t5_tokenizer
+from infinity_core.model.text_encoder import T5TextEncoder, infer_t5_config, load_t5_tokenizer
 
 from shared_paths import TOKENIZER_DIR
 
@@ -78,7 +78,7 @@ def test_lengths_include_eos(encoder):
 
 
 def test_long_prompt_truncated_with_warning(encoder, caplog):
-    with caplog.at_level(logging.WARNING, logger="infinity_core.text_encoder"):
+    with caplog.at_level(logging.WARNING, logger="infinity_core.model.text_encoder"):
         emb = encoder.encode(["word " * 600])
     assert emb.lens == (512,)
     assert any("truncated" in r.getMessage() and "89 tokens dropped" in r.getMessage() for r in caplog.records)

@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from infinity_core.conditioning import TextEmbedding
+from infinity_core.model.conditioning import TextEmbedding
 from infinity_core.errors import IncompatibleModelsError, InputError, NumericalError, PromptError, SamplingError
 from infinity_core.images import decode_tiled, from_rgb01
 from infinity_core.pipeline import GenerationRequest, generate
@@ -57,7 +57,7 @@ def test_text_features_of_the_wrong_width_are_refused_by_the_core(tiny_transform
 
 
 def test_a_model_with_fewer_levels_or_a_shorter_null_text_is_refused(prompt):
-    from infinity_core.config import InfinityConfig
+    from infinity_core.model.config import InfinityConfig
     from infinity_core.files.random_models import random_transformer
     few = random_transformer(InfinityConfig(depth=1, embed_dim=64, num_heads=2, bits_per_token=16, text_channels=128,
                                             num_levels=3, text_maxlen=4))

@@ -125,7 +125,7 @@ def pack(tmp_path_factory):
             tables = sys.modules[f"{PACK}.nodes"].schedule_tables()
             core = {"schedules": sys.modules[f"{PACK}.infinity_core.schedules"],
                     "memory": sys.modules[f"{PACK}.infinity_core.memory"],
-                    "config": sys.modules[f"{PACK}.infinity_core.config"],
+                    "config": sys.modules[f"{PACK}.infinity_core.model.config"],
                     "model_files": sys.modules[f"{PACK}.infinity_core.downloads.official"]}
             yield {"specs": specs, "tables": tables, "schedules": core["schedules"], "core": core}
     finally:

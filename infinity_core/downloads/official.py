@@ -123,13 +123,13 @@ def t5_encoder_params(dims: dict = FLAN_T5_XL) -> tuple[int, int]:
 
 @lru_cache(maxsize=None)
 def _approx_bytes(key: str) -> int:
-    from ..config import INFINITY_PRESETS, VAE_PRESETS
+    from ..model.config import INFINITY_PRESETS, VAE_PRESETS
     spec = OFFICIAL[key]
     if spec.recipe == "t5_encoder":
         half, wo = t5_encoder_params()
         return half * 2 + wo * 4
     if spec.kind == "tokenizer":
-        from ..vae import BitwiseTokenizer
+        from ..model.vae import BitwiseTokenizer
         preset = VAE_PRESETS[spec.pairs_with["preset"]]
         params = sum(p.numel() for p in BitwiseTokenizer(preset, device="meta").parameters())
     else:

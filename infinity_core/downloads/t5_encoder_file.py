@@ -120,7 +120,7 @@ def target_dtype(name: str) -> torch.dtype:
 
 def check_complete(selected: dict[str, Tensor], source: str) -> None:
     """The selection is a whole T5 encoder (the loader's own config inference must succeed on it)."""
-    from ..text_encoder import infer_t5_config
+    from ..model.text_encoder import infer_t5_config
     meta = {name: torch.empty(t.shape, device="meta") for name, t in selected.items()}
     try:
         infer_t5_config(meta)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import detect_kind, read_file, unwrap_state_dict
-from ..config import preset_name
+from ..model.config import preset_name
 from ..errors import CheckpointError
 from .loading import tokenizer_config, transformer_config
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import PICKLE_SUFFIXES, detect_kind, read_file, remap_vae_keys, unwrap_state_dict
-from ..config import VAEConfig, vae_config_from_state_dict
+from ..model.config import VAEConfig, vae_config_from_state_dict
 from ..errors import CheckpointError
 
 HEADER_LIMIT = 100_000_000

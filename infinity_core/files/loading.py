@@ -8,14 +8,15 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import ops as default_ops
+from ..model import ops as default_ops
 from .checkpoints import (cast_floats, check_finite, check_keys, read_file, remap_transformer_keys, remap_vae_keys,
                           require_kind, unwrap_state_dict)
-from ..config import InfinityConfig, VAEConfig, infinity_config_from_state_dict, preset_name, vae_config_from_state_dict
+from ..model.config import (InfinityConfig, VAEConfig, infinity_config_from_state_dict, preset_name,
+                            vae_config_from_state_dict)
 from ..devices import is_fp8
 from ..errors import CheckpointError, IncompatibleModelsError
-from ..transformer import InfinityTransformer
-from ..vae import BitwiseTokenizer
+from ..model.transformer import InfinityTransformer
+from ..model.vae import BitwiseTokenizer
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from .checkpoints import to_reference_keys
-from ..config import InfinityConfig, VAEConfig
-from ..transformer import InfinityTransformer
-from ..vae import BitwiseTokenizer
+from ..model.config import InfinityConfig, VAEConfig
+from ..model.transformer import InfinityTransformer
+from ..model.vae import BitwiseTokenizer
 
 
 def _stats(name: str, shape: torch.Size) -> tuple[float, float]:

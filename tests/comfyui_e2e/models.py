@@ -45,7 +45,7 @@ def _sharded(folder: Path, sd: dict[str, torch.Tensor], prefix: str = "model") -
 def infinity_8b_stand_in(models: Path) -> None:
     """A patchify pair like Infinity-8B: tokenizer d=14 at stride 8, transformer 4 x 14 = 56 bits per token
     (so the loader's spatial_patchify 'auto' turns patchify on), the transformer as a sharded folder."""
-    from infinity_core.config import InfinityConfig, VAEConfig
+    from infinity_core.model.config import InfinityConfig, VAEConfig
     from infinity_core.files.random_models import (random_tokenizer, random_transformer, tokenizer_file_state_dict,
                                              transformer_file_state_dict)
     config = InfinityConfig(depth=2, embed_dim=64, num_heads=2, bits_per_token=56, text_channels=TEXT_WIDTH)

@@ -1,7 +1,7 @@
 """Mutation testing of the core's numerics and the nodes' glue: does the suite notice a small bug?
 
     python tests/mutation/run_mutants.py                      # every target file
-    python tests/mutation/run_mutants.py infinity_core/ops.py nodes/sampling.py
+    python tests/mutation/run_mutants.py infinity_core/model/ops.py nodes/sampling.py
     python tests/mutation/run_mutants.py --list               # the mutants, without running anything
     python tests/mutation/run_mutants.py --rerun report.json  # only the survivors of an earlier run
 
@@ -36,14 +36,12 @@ sys.path.insert(0, str(HERE))
 from mutants import Mutant, mutants_of  # noqa: E402
 
 TARGETS = [
-    "infinity_core/sampler.py", "infinity_core/transformer.py", "infinity_core/layers.py", "infinity_core/ops.py",
-    "infinity_core/quantizer.py", "infinity_core/rope.py", "infinity_core/files/checkpoints.py",
-    "infinity_core/text_encoder.py", "infinity_core/memory.py",
+    "infinity_core/sampler.py", "infinity_core/model/transformer.py", "infinity_core/model/layers.py",
+    "infinity_core/model/ops.py", "infinity_core/model/quantizer.py", "infinity_core/model/rope.py",
+    "infinity_core/files/checkpoints.py", "infinity_core/model/text_encoder.py", "infinity_core/memory.py",
     "nodes/sampling.py", "nodes/latents.py", "nodes/types.py", "nodes/comfy_glue.py", "nodes/loaders.py",
-    "nodes/conditioning.py",
-    # teacher forcing and masks, the attention kernels, inpainting, token pruning and the speed settings
-    "infinity_core/masks.py", "infinity_core/attention.py", "nodes/inpaint.py", "infinity_core/pruning.py",
-    "infinity_core/speed.py",
+    "nodes/conditioning.py", "infinity_core/masks.py", "infinity_core/model/attention.py", "nodes/inpaint.py",
+    "infinity_core/model/pruning.py", "infinity_core/speed.py",
 ]
 EQUIVALENT = HERE / "equivalent.txt"
 PRELOAD = ("torch", "numpy", "safetensors.torch", "PIL.Image", "transformers", "transformers.models.t5.modeling_t5",

@@ -21,7 +21,7 @@ from .config import InfinityConfig
 from .layers import AdaLNHead, Block, BlockCondition, KVCache, PooledText, RMSNorm, _at
 from .pruning import PruningPolicy, block_subsets
 from .rope import rope_table
-from .schedules import ScaleSchedule
+from ..schedules import ScaleSchedule
 
 
 @dataclass

@@ -22,9 +22,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .errors import SamplingError
-from .resize import area_2d
-from .schedules import ScaleSchedule
+from ..errors import SamplingError
+from ..resize import area_2d
+from ..schedules import ScaleSchedule
 
 PRESETS = ("off", "prune", "fastvar")
 DEFAULT_RATIO = 0.5   # FastVAR's fraction dropped at its second pruned scale (0.4 at the first)

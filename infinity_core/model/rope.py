@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import torch
 
-from .schedules import TEMPLATES
+from ..schedules import TEMPLATES
 
 ROPE_BASE = 10000.0
 

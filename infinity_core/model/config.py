@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 # Bit widths of the released bitwise tokenizers (load_visual_tokenizer accepts these vae_types).
 KNOWN_VAE_BITS = (14, 16, 18, 20, 24, 32, 64)

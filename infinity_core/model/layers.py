@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import attention
-from .devices import ffn_rows_for
+from ..devices import ffn_rows_for
 from .pruning import all_tokens
 from .rope import apply_rope_
 

@@ -18,9 +18,9 @@ import torch
 import transformers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
-from .files.checkpoints import read_file
+from ..files.checkpoints import read_file
 from .conditioning import MAX_LENGTH, TextEmbedding
-from .errors import CheckpointError, PromptError
+from ..errors import CheckpointError, PromptError
 
 logger = logging.getLogger(__name__)
 

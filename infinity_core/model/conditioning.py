@@ -11,7 +11,7 @@ from itertools import accumulate
 
 import torch
 
-from .errors import PromptError
+from ..errors import PromptError
 
 MAX_LENGTH = 512  # T5 tokens per prompt (the reference pads and truncates to this; cfg_uncond has 512 rows)
 

@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .resize import area_cells, trilinear_cells
+from ..resize import area_cells, trilinear_cells
 
 
 def bits_to_codes(bits_B1hwd: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops as default_ops
-from . import validation
+from .. import validation
 from .config import VAEConfig
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .quantizer import quantize_multiscale
 
 

@@ -1,4 +1,4 @@
-"""Benchmark of the sampling loop (`infinity_core.sampler.sample`): seconds per image, tokens/s,
+"""Benchmark of the sampling loop (`infinity_core.sampling.sampler.sample`): seconds per image, tokens/s,
 achieved FLOP/s against a matmul peak measured in the same process, and peak memory against the
 bound "weights + theoretical KV cache + 10%".
 
@@ -40,8 +40,8 @@ def ours_flops(config, schedule, settings, policy, text_tokens: int) -> dict:
 
 
 def run_case(spec: dict) -> dict:
-    from infinity_core.sampler import make_generators, sample
-    from infinity_core.speed import run_memory
+    from infinity_core.sampling.sampler import make_generators, sample
+    from infinity_core.sampling.speed import run_memory
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -129,7 +129,8 @@ def print_table(results: list[dict]) -> str:
                      "image throughput); GFLOP = the work that mode runs (bench/common.py model_flops); "
                      "peak mem = " + first["memory"]["peak_kind"] + "; peak tensors = weights + the most bytes "
                      "of tensors the sampler held at once (tests/live_bytes.py, CPU); estimate = weights + "
-                     "infinity_core.speed.run_memory; exact bound = 1.1 x (weights + KV cache of the exact run); "
+                     "infinity_core.sampling.speed.run_memory; "
+                     "exact bound = 1.1 x (weights + KV cache of the exact run); "
                      "% of peak = GFLOP / s / matmul FLOP/s measured in the same process (torch.mm = MKL sgemm; "
                      "best = max of torch.mm and oneDNN); % of local probe = the same against 1024^3 matmul probes "
                      "right before/after each run; paired speed-up = median t_ref / t_ours of alternating runs "

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from infinity_core.model.config import INFINITY_PRESETS, InfinityConfig  # noqa: E402
 from infinity_core.model.conditioning import TextEmbedding  # noqa: E402
-from infinity_core.memory import kv_cache_bytes  # noqa: E402
+from infinity_core.sampling.memory import kv_cache_bytes  # noqa: E402
 from infinity_core.schedules import ScaleSchedule  # noqa: E402
 
 TINY_FIXTURE = Path(__file__).resolve().parents[2] / "shared/fixtures/infinity_ref/model_a/infinity_tiny_a.safetensors"
@@ -36,7 +36,7 @@ TEXT_SEED = 21      # text features
 TEXT_TOKENS = 32    # ~ a short T5 prompt
 SAMPLER = dict(cfg=3.0, tau=0.5, top_k=0, top_p=0.97)   # the released scripts' settings (B = 1)
 TEMPLATE = 1.0      # square images
-# what our sampler runs (infinity_core.speed.SpeedSettings fields); the reference gets the same cfg list
+# what our sampler runs (infinity_core.sampling.speed.SpeedSettings fields); the reference gets the same cfg list
 MODES = {
     "exact": dict(pruning="off", unguided_last_scales=0),
     "truncated": dict(pruning="off", unguided_last_scales=2),   # cfg 1 on the last two scales
@@ -84,8 +84,8 @@ def schedule_for(budget: str) -> ScaleSchedule:
 
 def mode_setup(mode: str, config: InfinityConfig, schedule: ScaleSchedule):
     """(our SamplerSettings, our pruning policy, the reference's cfg list) of a benchmark mode."""
-    from infinity_core.sampler import SamplerSettings
-    from infinity_core.speed import SpeedSettings
+    from infinity_core.sampling.sampler import SamplerSettings
+    from infinity_core.sampling.speed import SpeedSettings
     settings, policy = SpeedSettings(**MODES[mode]).apply(SamplerSettings(**SAMPLER), schedule, config.depth)
     return settings, policy, settings.per_scale(schedule.num_scales)[0]
 

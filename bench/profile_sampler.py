@@ -37,7 +37,7 @@ def main(argv=None):
     p.add_argument("--scales-only", action="store_true", help="only the per-scale timing (no profilers)")
     args = p.parse_args(argv)
 
-    from infinity_core.sampler import make_generators, sample
+    from infinity_core.sampling.sampler import make_generators, sample
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = args.device, common.DTYPES[args.dtype]

@@ -269,7 +269,7 @@ def run_case(spec: dict, repo: str) -> dict:
         out = dict(base, mode=mode, cfg_list=list(key), **measured[key])
         if spec.get("paired", True):
             # ours (this mode) and the reference (same cfg list) alternately, in this process, same weight tensors
-            from infinity_core.sampler import make_generators, sample
+            from infinity_core.sampling.sampler import make_generators, sample
             last = {}
 
             def run_ours():

@@ -8,7 +8,7 @@ from .model.config import INFINITY_PRESETS, VAE_PRESETS, InfinityConfig, VAEConf
 from .errors import (CheckpointError, IncompatibleModelsError, InfinityError, MemoryBudgetError, PromptError,
                      ResolutionError, SamplingError)
 from .files.loading import load_tokenizer, load_transformer, pair
-from .sampler import SampleResult, SamplerSettings, ScaleProgress, make_generators, sample
+from .sampling.sampler import SampleResult, SamplerSettings, ScaleProgress, make_generators, sample
 from .schedules import PIXEL_BUDGETS, TEMPLATE_RATIOS, ScaleSchedule, nearest_template, schedule_for_size
 from .model.transformer import InfinityTransformer
 from .model.vae import BitwiseTokenizer

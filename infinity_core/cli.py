@@ -143,8 +143,8 @@ def cmd_generate(args) -> int:
     image, mask = _load_picture(args)  # before loading any model
     from .files.loading import load_tokenizer, load_transformer
     from .pipeline import GenerationRequest, generate
-    from .sampler import SamplerSettings
-    from .speed import SpeedSettings
+    from .sampling.sampler import SamplerSettings
+    from .sampling.speed import SpeedSettings
     from transformers.utils import logging as hf_logging
 
     from .model.text_encoder import T5TextEncoder

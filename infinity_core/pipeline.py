@@ -15,11 +15,11 @@ from .devices import attention_plan_for
 from .errors import PromptError, SamplingError
 from .images import decode_tiled, from_rgb01, to_rgb01
 from .files.loading import pair
-from .masks import TeacherForcing, fit_mask, paste_back
-from .memory import available_bytes, require_memory
-from .sampler import SampleResult, SamplerSettings, make_generators, sample
+from .sampling.masks import TeacherForcing, fit_mask, paste_back
+from .sampling.memory import available_bytes, require_memory
+from .sampling.sampler import SampleResult, SamplerSettings, make_generators, sample
 from .schedules import schedule_for_size
-from .speed import SpeedSettings, run_memory
+from .sampling.speed import SpeedSettings, run_memory
 from .model.transformer import InfinityTransformer
 from .model.vae import BitwiseTokenizer
 

@@ -12,7 +12,7 @@ import torch
 from .node_api import io, ui
 
 from ..infinity_core.errors import SamplingError
-from ..infinity_core.masks import TeacherForcing, fit_mask, paste_back
+from ..infinity_core.sampling.masks import TeacherForcing, fit_mask, paste_back
 from ..infinity_core.schedules import ScaleSchedule
 from . import comfy_glue as glue
 from .types import LatentView, read_mask, teacher_bits

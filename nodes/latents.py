@@ -7,7 +7,7 @@ from .node_api import io, ui
 from ..infinity_core import validation
 from ..infinity_core.errors import CheckpointError, ResolutionError
 from ..infinity_core.images import decode_tiled, from_rgb01, tile_boxes, to_rgb01
-from ..infinity_core.memory import decode_bytes, encode_bytes
+from ..infinity_core.sampling.memory import decode_bytes, encode_bytes
 from ..infinity_core.model.quantizer import summed_codes
 from ..infinity_core.schedules import MAX_SIDE
 from . import comfy_glue as glue

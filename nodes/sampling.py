@@ -18,13 +18,13 @@ from ..infinity_core.files.file_kinds import peek_tokenizer_config
 from ..infinity_core.images import preview_rgb, to_rgb01
 from ..infinity_core.files.loading import pair
 from ..infinity_core.downloads.official import by_name
-from ..infinity_core.memory import decode_bytes
+from ..infinity_core.sampling.memory import decode_bytes
 from ..infinity_core.model.pruning import DEFAULT_RATIO, PRESETS
 from ..infinity_core.model.quantizer import token_bits_to_vae
 from ..infinity_core.resize import area_2d
-from ..infinity_core.sampler import SamplerSettings, make_generators, output_scales, sample
+from ..infinity_core.sampling.sampler import SamplerSettings, make_generators, output_scales, sample
 from ..infinity_core.schedules import MAX_SIDE, MIN_SIDE
-from ..infinity_core.speed import SpeedSettings, run_memory
+from ..infinity_core.sampling.speed import SpeedSettings, run_memory
 from . import comfy_glue as glue
 from .inpaint import carry_extras, seed_indices, teacher_for
 from .types import (BUDGETS, Conditioning, InfinityConditioning, InfinityModel, InfinityVAE, LatentView, ModelHandle,

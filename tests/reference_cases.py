@@ -23,7 +23,7 @@ from infinity_core.model.conditioning import TextEmbedding
 from infinity_core.files.loading import load_tokenizer, load_transformer, tokenizer_state_dict, transformer_state_dict
 from infinity_core.model.quantizer import (bits_to_codes, next_scale_input, quantize_multiscale, upsample_codes,
                                      vae_bits_to_tokens)
-from infinity_core.sampler import SamplerSettings
+from infinity_core.sampling.sampler import SamplerSettings
 from infinity_core.schedules import ScaleSchedule, schedule_from_grids
 
 from shared_paths import PUBLIC_FIXTURES as PUBLIC

@@ -371,7 +371,7 @@ def test_inpainting_respects_the_mask(comfy, pruning):
     from safetensors.torch import load_file
 
     from comfyui_e2e.models import HOLE
-    from infinity_core.masks import fit_mask
+    from infinity_core.sampling.masks import fit_mask
     from infinity_core.schedules import schedule_for_size
     workflow = json.loads((REPO / "workflows" / "infinity_inpaint.json").read_text())
     prompt = make_fast(convert(workflow, comfy.object_info))

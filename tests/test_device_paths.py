@@ -12,7 +12,7 @@ from infinity_core.model.attention import attention
 from infinity_core.images import preview_rgb
 from infinity_core.files.loading import storage_cast
 from infinity_core.files.random_models import random_transformer
-from infinity_core.sampler import exponential_race, make_generators, mask_logits_, sample
+from infinity_core.sampling.sampler import exponential_race, make_generators, mask_logits_, sample
 from infinity_core.schedules import PIXEL_BUDGETS, TEMPLATES, ScaleSchedule
 from test_devices import FP8
 from tolerances import assert_within, attention_bound, resize_bound

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import reference_cases as rc
-from infinity_core.masks import TeacherForcing
+from infinity_core.sampling.masks import TeacherForcing
 from infinity_core.model.pruning import build_policy
-from infinity_core.sampler import sample
+from infinity_core.sampling.sampler import sample
 from shared_paths import SHARED
 
 FOLDER = Path(os.environ.get("FASTVAR_REF_FIXTURES") or SHARED / "fixtures" / "fastvar_ref")

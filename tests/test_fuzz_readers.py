@@ -41,7 +41,7 @@ from infinity_core.files.convert import describe
 from infinity_core.errors import InfinityError
 from infinity_core.files.loading import load_tokenizer, load_transformer
 from infinity_core.model.rope import rope_table
-from infinity_core.sampler import make_generators, sample
+from infinity_core.sampling.sampler import make_generators, sample
 from infinity_core.schedules import ScaleSchedule
 from infinity_core.model.transformer import InfinityTransformer
 from shared_paths import MODEL_A

@@ -8,12 +8,12 @@ import torch
 from infinity_core.model.conditioning import TextEmbedding
 from infinity_core.model.config import InfinityConfig
 from infinity_core.errors import SamplingError
-from infinity_core.memory import sampling_bytes
+from infinity_core.sampling.memory import sampling_bytes
 from infinity_core.files.random_models import random_transformer
 from infinity_core.model.rope import rope_table
-from infinity_core.sampler import SamplerSettings, make_generators, sample
+from infinity_core.sampling.sampler import SamplerSettings, make_generators, sample
 from infinity_core.schedules import ScaleSchedule
-from infinity_core.speed import SpeedSettings, unguided_last
+from infinity_core.sampling.speed import SpeedSettings, unguided_last
 from live_bytes import LiveBytes
 
 TAIL = [3.0] * 5 + [1.0, 1.0]  # 0.06M: 7 scales, the last two unguided

@@ -149,7 +149,7 @@ def test_kv_cache_capacity_is_every_scale_but_the_last(tiny_transformer, prompt,
 
 
 def test_kv_cache_bytes_by_hand(tiny_config):
-    from infinity_core.memory import kv_cache_bytes
+    from infinity_core.sampling.memory import kv_cache_bytes
     schedule = ScaleSchedule(1.0, "0.06M")  # 521 tokens, 256 of them in the last scale
     # rows x depth x tokens x width x (keys + values) x bytes
     assert kv_cache_bytes(tiny_config, schedule, 2, torch.float32) == 2 * 4 * 521 * 64 * 2 * 4

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from infinity_core.errors import SamplingError
-from infinity_core.masks import TeacherForcing, fit_mask, paste_back, regenerate_masks
+from infinity_core.sampling.masks import TeacherForcing, fit_mask, paste_back, regenerate_masks
 from infinity_core.schedules import ScaleSchedule
 
 SQUARE = ScaleSchedule(1.0, "0.06M")

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 
 from infinity_core.model.config import InfinityConfig, VAEConfig
 from infinity_core.images import from_rgb01
-from infinity_core.masks import TeacherForcing, regenerate_masks
+from infinity_core.sampling.masks import TeacherForcing, regenerate_masks
 from infinity_core.model.pruning import build_policy, farthest_tokens
 from infinity_core.model.quantizer import summed_codes, token_bits_to_vae
 from infinity_core.files.random_models import random_tokenizer, random_transformer
-from infinity_core.sampler import make_generators, output_scales, sample
+from infinity_core.sampling.sampler import make_generators, output_scales, sample
 from infinity_core.schedules import ScaleSchedule
 
 SQUARE = ScaleSchedule(1.0, "0.06M")  # token grids 1, 2, 4, 6, 8, 12, 16; 256x256 px

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from infinity_core.model.config import InfinityConfig, VAEConfig
-from infinity_core.memory import decode_bytes, encode_bytes, sampling_bytes
+from infinity_core.sampling.memory import decode_bytes, encode_bytes, sampling_bytes
 from infinity_core.files.random_models import random_tokenizer, random_transformer
 from infinity_core.model.rope import rope_table
-from infinity_core.sampler import make_generators, sample
+from infinity_core.sampling.sampler import make_generators, sample
 from infinity_core.schedules import ScaleSchedule
 from live_bytes import LiveBytes
 

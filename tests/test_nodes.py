@@ -103,7 +103,7 @@ def test_the_loaders_build_through_the_running_comfyuis_ops_and_patcher(env, mod
     is loaded through it, and ComfyUI's core models go through `CoreModelPatcher` (= ModelPatcherDynamic).
     The loaders take whatever ComfyUI runs: every tensor of the file lands in the module bit for bit, and
     the sample equals the core's own model, built outside ComfyUI from the same file."""
-    loading, sampler_mod = env.core("files.loading"), env.core("sampler")
+    loading, sampler_mod = env.core("files.loading"), env.core("sampling.sampler")
     patchers = env.patcher_module
     want = patchers.ModelPatcherDynamic if env.dynamic_vram else patchers.ModelPatcher
     for handle in (models.model, models.vae, models.t5):
@@ -165,7 +165,7 @@ def test_text_to_image(env, models):
     assert [u["value"] for u in updates] == list(range(1, SCALES + 1)) and {u["node_id"] for u in updates} == {"42"}
     assert all(u["preview"][0] == "JPEG" and isinstance(u["preview"][1], Image.Image) and u["preview"][2] == 512
                for u in updates)
-    memory = env.core("memory")
+    memory = env.core("sampling.memory")
     schedule = env.core("schedules").ScaleSchedule(1.0, "0.06M")
     expected = memory.sampling_bytes(models.model.config, schedule, 1, True, torch.float32)
     assert env.mm.LOAD_CALLS[0]["memory_required"] == expected

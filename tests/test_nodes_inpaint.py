@@ -27,7 +27,7 @@ def rect(hw, top, left, bottom, right, batch=1):
 
 
 def token_masks(env, mask, latent):
-    masks, schedules = env.core("masks"), env.core("schedules")
+    masks, schedules = env.core("sampling.masks"), env.core("schedules")
     info = latent["infinity"]
     return masks.regenerate_masks(mask, schedules.ScaleSchedule(info["template"], info["budget"]))
 

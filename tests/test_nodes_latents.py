@@ -44,7 +44,7 @@ def test_encode_width_or_height_alone_is_refused(env, models, gradient_image):
 
 
 def test_encode_splits_a_batch_to_the_free_memory(env, models, gradient_image, monkeypatch):
-    memory, schedules = env.core("memory"), env.core("schedules")
+    memory, schedules = env.core("sampling.memory"), env.core("schedules")
     pair = torch.cat([gradient_image, gradient_image.flip(1)])
     singles = [first(run(env, "InfinityEncode", image=pair[i:i + 1], vae=models.vae, **SIZE)) for i in range(2)]
     env.mm.LOAD_CALLS.clear()

@@ -24,13 +24,13 @@ SCHEDULE = (1.0, "0.06M")  # SIZE: 256x256, 7 scales
 def core(env, models, seed=7, batch=1, negative=None, teacher=(), stop_after=None, compute_dtype=torch.float32,
          model=None, schedule=SCHEDULE, **settings):
     """The core sampler with the given settings; image i uses a generator seeded seed + i."""
-    sampler_module, schedules = env.core("sampler"), env.core("schedules")
+    sampler_module, schedules = env.core("sampling.sampler"), env.core("schedules")
     handle = model or models.model
     return sampler_module.sample(
         handle.patcher.model, models.positive.embedding, schedules.ScaleSchedule(*schedule),
         generators=[torch.Generator().manual_seed(seed + i) for i in range(batch)],
         settings=sampler_module.SamplerSettings(**{**REFERENCE, **settings}), negative=negative, batch=batch,
-        teacher=env.core("masks").TeacherForcing.first_scales(teacher), stop_after=stop_after,
+        teacher=env.core("sampling.masks").TeacherForcing.first_scales(teacher), stop_after=stop_after,
         device=handle.patcher.load_device, compute_dtype=compute_dtype)  # as the node: streamed weights are elsewhere
 
 

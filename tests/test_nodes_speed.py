@@ -11,8 +11,8 @@ pytestmark = needs_shared
 
 
 def _core(env, models, pruning="off", ratio=0.5, unguided=0, seed=7, negative=None):
-    speed = env.core("speed").SpeedSettings(pruning, ratio, unguided)
-    sampler_mod = env.core("sampler")
+    speed = env.core("sampling.speed").SpeedSettings(pruning, ratio, unguided)
+    sampler_mod = env.core("sampling.sampler")
     schedule = env.core("schedules").ScaleSchedule(1.0, "0.06M")
     settings, policy = speed.apply(sampler_mod.SamplerSettings(cfg=3.0, tau=0.5, top_p=0.97), schedule,
                                    models.model.config.depth)
@@ -42,7 +42,7 @@ def test_node_equals_the_core_with_the_same_settings(env, models, node, pruning,
     updates = env.utils.UPDATES
     assert [u["value"] for u in updates] == list(range(1, len(core.bits) + 1))
     assert {u["total"] for u in updates} == {len(core.bits)}
-    expected = env.core("speed").run_memory(models.model.config, schedule, 1, settings, torch.float32, policy)
+    expected = env.core("sampling.speed").run_memory(models.model.config, schedule, 1, settings, torch.float32, policy)
     assert env.mm.LOAD_CALLS[0]["memory_required"] == expected
 
 

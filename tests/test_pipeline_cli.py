@@ -11,7 +11,7 @@ from infinity_core import cli
 from infinity_core.errors import MemoryBudgetError, PromptError, ResolutionError, SamplingError
 from infinity_core.images import decode_tiled, from_rgb01, preview_rgb
 from infinity_core.pipeline import GenerationRequest, generate
-from infinity_core.sampler import SamplerSettings, make_generators, sample
+from infinity_core.sampling.sampler import SamplerSettings, make_generators, sample
 from infinity_core.schedules import ScaleSchedule
 from shared_paths import TOKENIZER_DIR
 
@@ -53,7 +53,7 @@ def test_generate_edits_a_picture_through_a_mask(tiny_transformer, tiny_tokenize
 
 def test_generate_with_a_mask_and_pruning(tiny_transformer, tiny_tokenizer, prompt):
     """The command line's path: --image --mask with --pruning fastvar keeps the picture outside the mask."""
-    from infinity_core.speed import SpeedSettings
+    from infinity_core.sampling.speed import SpeedSettings
     y, x = torch.meshgrid(torch.linspace(0, 1, 256), torch.linspace(0, 1, 256), indexing="ij")
     picture = torch.stack([x, y, (x + y) / 2], -1)[None]
     mask = torch.zeros(1, 256, 256)

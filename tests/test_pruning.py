@@ -7,13 +7,13 @@ import torch.nn.functional as F
 from infinity_core.model.config import INFINITY_PRESETS, InfinityConfig
 from infinity_core.model.conditioning import TextEmbedding
 from infinity_core.errors import SamplingError
-from infinity_core.masks import TeacherForcing
-from infinity_core.memory import sampling_bytes
+from infinity_core.sampling.masks import TeacherForcing
+from infinity_core.sampling.memory import sampling_bytes
 from infinity_core.model.pruning import PruningPolicy, ScalePlan, TokenSubset, build_policy, farthest_tokens
 from infinity_core.model.quantizer import summed_codes, token_bits_to_vae
 from infinity_core.files.random_models import random_transformer
 from infinity_core.model.rope import rope_table
-from infinity_core.sampler import SamplerSettings, make_generators, sample
+from infinity_core.sampling.sampler import SamplerSettings, make_generators, sample
 from infinity_core.schedules import PIXEL_BUDGETS, TEMPLATES, ScaleSchedule
 from live_bytes import LiveBytes
 
@@ -204,7 +204,7 @@ def test_layer_span_of_the_released_models():
 
 def test_pipeline_and_cli_take_the_speed_settings(tiny_transformer, tiny_tokenizer, prompt, monkeypatch):
     from infinity_core import cli, pipeline
-    from infinity_core.speed import SpeedSettings, run_memory
+    from infinity_core.sampling.speed import SpeedSettings, run_memory
     needed = []
     monkeypatch.setattr(pipeline, "require_memory", lambda need, *a, **k: needed.append(need))
     speed = SpeedSettings("fastvar", 0.4, 1)

@@ -19,9 +19,9 @@ import torch
 import reference_cases as rc
 from infinity_core.images import to_uint8_bgr
 from infinity_core.files.loading import pair
-from infinity_core.masks import TeacherForcing
+from infinity_core.sampling.masks import TeacherForcing
 from infinity_core.model.quantizer import quantize_multiscale, summed_codes, token_bits_to_vae
-from infinity_core.sampler import draw_bits, mask_logits_, sample
+from infinity_core.sampling.sampler import draw_bits, mask_logits_, sample
 
 FOLDER = rc.fixtures_dir()
 TIGHT, LOOSE = 1e-4, 5e-2   # logits, relative to max|ref|: float32 variant / bf16-round-trip variant

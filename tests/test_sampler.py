@@ -8,8 +8,8 @@ import torch
 from infinity_core.model.conditioning import TextEmbedding
 from infinity_core.errors import SamplingError
 from infinity_core.model.quantizer import bits_to_codes, summed_codes, token_bits_to_vae, vae_bits_to_tokens
-from infinity_core.masks import TeacherForcing
-from infinity_core.sampler import SamplerSettings, draw_bits, make_generators, mask_logits_, sample
+from infinity_core.sampling.masks import TeacherForcing
+from infinity_core.sampling.sampler import SamplerSettings, draw_bits, make_generators, mask_logits_, sample
 from infinity_core.schedules import ScaleSchedule
 
 SQUARE = ScaleSchedule(1.0, "0.06M")

@@ -6,10 +6,10 @@ import torch
 from infinity_core.model.config import InfinityConfig, VAEConfig
 from infinity_core.errors import SamplingError
 from infinity_core.images import from_rgb01
-from infinity_core.masks import MaskRule, TeacherForcing, as_token_bits, feather, fit_mask, regenerate_masks
+from infinity_core.sampling.masks import MaskRule, TeacherForcing, as_token_bits, feather, fit_mask, regenerate_masks
 from infinity_core.model.quantizer import bits_to_codes, summed_codes, token_bits_to_vae
 from infinity_core.files.random_models import random_tokenizer, random_transformer
-from infinity_core.sampler import make_generators, sample
+from infinity_core.sampling.sampler import make_generators, sample
 from infinity_core.schedules import TEMPLATES, ScaleSchedule
 from tolerances import resize_bound, sum_bound
 

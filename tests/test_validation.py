@@ -10,7 +10,7 @@ from infinity_core.model.conditioning import TextEmbedding
 from infinity_core.errors import IncompatibleModelsError, InputError, NumericalError, PromptError, SamplingError
 from infinity_core.images import decode_tiled, from_rgb01
 from infinity_core.pipeline import GenerationRequest, generate
-from infinity_core.sampler import SamplerSettings, make_generators, sample
+from infinity_core.sampling.sampler import SamplerSettings, make_generators, sample
 from infinity_core.schedules import ScaleSchedule
 from pack_harness import expect_error
 

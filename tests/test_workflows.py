@@ -124,7 +124,7 @@ def pack(tmp_path_factory):
             specs = {cls.GET_SCHEMA().node_id: spec_from_schema(cls.GET_SCHEMA()) for cls in classes}
             tables = sys.modules[f"{PACK}.nodes"].schedule_tables()
             core = {"schedules": sys.modules[f"{PACK}.infinity_core.schedules"],
-                    "memory": sys.modules[f"{PACK}.infinity_core.memory"],
+                    "memory": sys.modules[f"{PACK}.infinity_core.sampling.memory"],
                     "config": sys.modules[f"{PACK}.infinity_core.model.config"],
                     "model_files": sys.modules[f"{PACK}.infinity_core.downloads.official"]}
             yield {"specs": specs, "tables": tables, "schedules": core["schedules"], "core": core}
@@ -434,7 +434,7 @@ def gb(n_bytes: float) -> str:
 
 
 def memory_figures(pack, model: str, budget: str, weight_bytes_per_param: int) -> dict:
-    """The Notes' figures, from infinity_core.memory: weights, sampling at `budget` (batch 1, cfg, bf16)."""
+    """The Notes' figures, from infinity_core.sampling.memory: weights, sampling at `budget` (batch 1, cfg, bf16)."""
     memory, config = pack["core"]["memory"], pack["core"]["config"]
     transformer = config.INFINITY_PRESETS[model]
     sampling = memory.sampling_bytes(transformer, pack["schedules"].ScaleSchedule(1.0, budget), 1, True,

@@ -17,14 +17,14 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import validation
-from .model.conditioning import TextEmbedding
-from .errors import SamplingError
+from .. import validation
+from ..model.conditioning import TextEmbedding
+from ..errors import SamplingError
 from .masks import TeacherForcing
-from .model.pruning import PruningPolicy
-from .model.quantizer import bits_to_codes, next_scale_input, token_bits_to_vae, upsample_codes
-from .schedules import ScaleSchedule
-from .model.transformer import InfinityTransformer
+from ..model.pruning import PruningPolicy
+from ..model.quantizer import bits_to_codes, next_scale_input, token_bits_to_vae, upsample_codes
+from ..schedules import ScaleSchedule
+from ..model.transformer import InfinityTransformer
 
 log = logging.getLogger(__name__)
 

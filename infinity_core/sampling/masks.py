@@ -44,10 +44,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import SamplingError
-from .images import cover_box
-from .model.quantizer import vae_bits_to_tokens
-from .schedules import ScaleSchedule
+from ..errors import SamplingError
+from ..images import cover_box
+from ..model.quantizer import vae_bits_to_tokens
+from ..schedules import ScaleSchedule
 
 TEACHER_HINT = "encode the image with the tokenizer that matches the model, at the size and budget of this run"
 

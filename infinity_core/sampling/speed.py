@@ -10,13 +10,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .model.config import InfinityConfig
-from .devices import AttentionPlan
-from .errors import SamplingError
+from ..model.config import InfinityConfig
+from ..devices import AttentionPlan
+from ..errors import SamplingError
 from .memory import sampling_bytes
-from .model.pruning import DEFAULT_RATIO, PruningPolicy, build_policy
+from ..model.pruning import DEFAULT_RATIO, PruningPolicy, build_policy
 from .sampler import SamplerSettings
-from .schedules import ScaleSchedule
+from ..schedules import ScaleSchedule
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from .model.config import InfinityConfig, VAEConfig
-from .devices import AttentionPlan
-from .errors import MemoryBudgetError
-from .model.pruning import PruningPolicy
-from .schedules import TEMPLATES, ScaleSchedule
+from ..model.config import InfinityConfig, VAEConfig
+from ..devices import AttentionPlan
+from ..errors import MemoryBudgetError
+from ..model.pruning import PruningPolicy
+from ..schedules import TEMPLATES, ScaleSchedule
 
 
 def dtype_bytes(dtype: torch.dtype) -> int:

@@ -147,7 +147,7 @@ def cmd_generate(args) -> int:
     from .sampling.speed import SpeedSettings
     from transformers.utils import logging as hf_logging
 
-    from .model.text_encoder import T5TextEncoder
+    from .files.t5_file import load_t5
     hf_logging.disable_progress_bar()  # our own log lines say what is loading
     device = _device(args.device)
     dtype = _dtype(args.dtype, device)
@@ -156,10 +156,7 @@ def cmd_generate(args) -> int:
     tokenizer = load_tokenizer(args.vae, device=device)
     te_path = Path(args.text_encoder)
     te_dtype = devices.text_encoder_dtype(None, devices.describe(device))
-    encoder = (T5TextEncoder.from_folder(te_path, dtype=te_dtype, device=device, tokenizer_dir=args.tokenizer)
-               if te_path.is_dir() else
-               T5TextEncoder.from_single_file(te_path, tokenizer_dir=args.tokenizer or te_path.parent,
-                                              dtype=te_dtype, device=device))
+    encoder = load_t5(te_path, tokenizer_dir=args.tokenizer, dtype=te_dtype, device=device)
     log.info("models loaded in %.1f s", time.perf_counter() - t0)
     settings = SamplerSettings(cfg=args.cfg, tau=args.tau, top_k=args.top_k, top_p=args.top_p,
                                cfg_insertion_layer=(args.cfg_insertion_layer,))

@@ -231,19 +231,13 @@ def _tokenizer_dir(folder: Path) -> Path:
 
 
 def load_text_encoder(path: str, dtype_name: str) -> TextEncoderHandle:
-    from ..infinity_core.model.text_encoder import T5TextEncoder  # needs transformers; only this loader does
+    from ..infinity_core.files.t5_file import load_t5  # needs transformers; only this loader does
     load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
     # fp32 on the CPU (also under --lowvram, where T5 runs there: fp16 is up to 5x slower); on a GPU ComfyUI's
     # text-encoder dtype (fp16, or its flag)
     dtype = devices.text_encoder_dtype(TEXT_ENCODER_DTYPES[dtype_name], devices.describe(load_device),
                                        comfy_default=mm.text_encoder_dtype(load_device))
-    file = Path(path)
-    if (file.parent / "config.json").is_file():
-        encoder = T5TextEncoder.from_folder(file.parent, dtype=dtype, device=offload_device,
-                                            tokenizer_dir=_tokenizer_dir(file.parent))
-    else:
-        encoder = T5TextEncoder.from_single_file(file, tokenizer_dir=_tokenizer_dir(file.parent), dtype=dtype,
-                                                 device=offload_device)
+    encoder = load_t5(path, tokenizer_dir=_tokenizer_dir(Path(path).parent), dtype=dtype, device=offload_device)
     holder = T5Encoder(encoder.model)
     patcher = core_patcher(holder, load_device, offload_device, size=_unique_bytes(holder))
     return TextEncoderHandle(patcher, encoder, os.path.basename(path))

@@ -56,7 +56,7 @@ def test_full_download_lands_in_the_models_folder_verified_and_loads(online, tmp
 
 
 def test_t5_encoder_only_file_from_byte_ranges(online, tmp_path):
-    from infinity_core.model.text_encoder import T5TextEncoder
+    from infinity_core.files.t5_file import load_single_file
     fetch([official("t5")], tmp_path)
     folder = tmp_path / "text_encoders" / "flan-t5-xl-encoder"
     out = folder / "flan_t5_xl_encoder_fp16.safetensors"
@@ -78,7 +78,7 @@ def test_t5_encoder_only_file_from_byte_ranges(online, tmp_path):
     assert all(r.path.endswith(model_files.T5_REVISION + "/" + r.path.rsplit("/", 1)[-1]) or r.server == "cdn"
                for r in online.requests if "flan-t5-xl" in r.path)
     # loaded in fp16 like any single file: the weights HF's from_pretrained(dtype=float16) would hold
-    encoder = T5TextEncoder.from_single_file(out, tokenizer_dir=folder, dtype=torch.float16)
+    encoder = load_single_file(out, tokenizer_dir=folder, dtype=torch.float16)
     for k, v in encoder.model.state_dict().items():
         if k == "encoder.embed_tokens.weight":
             continue

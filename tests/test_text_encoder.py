@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 from transformers import T5Config, T5EncoderModel
 
 from infinity_core.errors import CheckpointError
-from infinity_core.model.text_encoder import T5TextEncoder, infer_t5_config, load_t5_tokenizer
+from infinity_core.files.t5_file import infer_t5_config, load_single_file
+from infinity_core.model.text_encoder import T5TextEncoder, load_t5_tokenizer
 
 from shared_paths import TOKENIZER_DIR
 
@@ -45,7 +46,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder(files):
-    return T5TextEncoder.from_single_file(files[2], tokenizer_dir=TOKENIZER_DIR)
+    return load_single_file(files[2], tokenizer_dir=TOKENIZER_DIR)
 
 
 def _hf_features(hf, enc, prompts):
@@ -58,7 +59,7 @@ def _hf_features(hf, enc, prompts):
 def test_loaders_match_transformers(files, loader):
     hf, folder, single = files
     enc = T5TextEncoder.from_folder(folder) if loader == "folder" else \
-        T5TextEncoder.from_single_file(single, tokenizer_dir=TOKENIZER_DIR)
+        load_single_file(single, tokenizer_dir=TOKENIZER_DIR)
     emb = enc.encode(PROMPTS)
     ref, mask = _hf_features(hf, enc, PROMPTS)
     assert emb.lens == tuple(mask.sum(1).tolist())
@@ -124,14 +125,14 @@ def test_full_model_file_with_prefix(files, tmp_path):
     sd["text_encoders.clip_l.foo.weight"] = torch.zeros(3)
     path = tmp_path / "combined.safetensors"
     save_file(sd, str(path))
-    enc = T5TextEncoder.from_single_file(path, tokenizer_dir=TOKENIZER_DIR)
+    enc = load_single_file(path, tokenizer_dir=TOKENIZER_DIR)
     ref, _ = _hf_features(hf, enc, PROMPTS[:1])
     emb = enc.encode(PROMPTS[:1])
     torch.testing.assert_close(emb.features_NC, ref[0, :emb.lens[0]], atol=1e-6, rtol=1e-6)
 
 
 def test_fp16_keeps_wo_fp32(files):
-    enc = T5TextEncoder.from_single_file(files[2], tokenizer_dir=TOKENIZER_DIR, dtype=torch.float16)
+    enc = load_single_file(files[2], tokenizer_dir=TOKENIZER_DIR, dtype=torch.float16)
     hf16 = T5TextEncoder.from_folder(files[1], dtype=torch.float16)
     for e in (enc, hf16):
         ff = e.model.encoder.block[0].layer[1].DenseReluDense
@@ -153,7 +154,7 @@ def test_not_t5_file(tmp_path):
     save_file({"block_chunks.0.module.0.sa.mat_qkv.weight": torch.zeros(4, 4), "cfg_uncond": torch.zeros(2, 4)},
               str(path))
     with pytest.raises(CheckpointError, match="HINT") as err:
-        T5TextEncoder.from_single_file(path, tokenizer_dir=TOKENIZER_DIR)
+        load_single_file(path, tokenizer_dir=TOKENIZER_DIR)
     assert "image_model.safetensors" in str(err.value)
 
 
@@ -162,7 +163,7 @@ def test_truncated_file(files, tmp_path):
     path = tmp_path / "t5_broken.safetensors"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="HINT") as err:
-        T5TextEncoder.from_single_file(path, tokenizer_dir=TOKENIZER_DIR)
+        load_single_file(path, tokenizer_dir=TOKENIZER_DIR)
     assert "t5_broken.safetensors" in str(err.value) and "download it again" in str(err.value)
 
 
@@ -172,13 +173,13 @@ def test_incomplete_encoder(files, tmp_path):
     path = tmp_path / "t5_partial.safetensors"
     save_file(sd, str(path))
     with pytest.raises(CheckpointError, match="HINT") as err:
-        T5TextEncoder.from_single_file(path, tokenizer_dir=TOKENIZER_DIR)
+        load_single_file(path, tokenizer_dir=TOKENIZER_DIR)
     assert "t5_partial.safetensors" in str(err.value) and "SelfAttention.k.weight" in str(err.value)
 
 
 def test_missing_tokenizer(files, tmp_path):
     with pytest.raises(CheckpointError, match="HINT") as err:
-        T5TextEncoder.from_single_file(files[2], tokenizer_dir=tmp_path)
+        load_single_file(files[2], tokenizer_dir=tmp_path)
     assert str(tmp_path) in str(err.value)
 
 
@@ -194,7 +195,7 @@ def test_other_single_file_layouts(files, tmp_path, layout):
         sd["encoder.embed_tokens.weight"] = sd.pop("shared.weight")
     path = tmp_path / "t5.safetensors"
     save_file(sd, str(path))
-    enc = T5TextEncoder.from_single_file(path, tokenizer_dir=TOKENIZER_DIR)
+    enc = load_single_file(path, tokenizer_dir=TOKENIZER_DIR)
     ref, _ = _hf_features(hf, enc, PROMPTS[:1])
     torch.testing.assert_close(enc.encode(PROMPTS[:1]).features_NC, ref[0, :enc.encode(PROMPTS[:1]).lens[0]],
                                atol=1e-6, rtol=1e-6)
@@ -217,4 +218,19 @@ def test_a_t5_file_without_tensors(tmp_path):
     path = tmp_path / "t5.pth"
     torch.save({"encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(2, 2), "step": 3}, path)
     with pytest.raises(CheckpointError, match="no plain tensor dictionary"):
-        T5TextEncoder.from_single_file(path, tokenizer_dir=TOKENIZER_DIR)
+        load_single_file(path, tokenizer_dir=TOKENIZER_DIR)
+
+
+def test_one_rule_for_what_a_t5_path_means(tmp_path):
+    """The command line and the ComfyUI loader share it: a folder, or a file beside a config.json, is the Hugging
+    Face folder; any other file is a single encoder file."""
+    from infinity_core.files.t5_file import hf_folder
+    folder = tmp_path / "flan"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"")
+    lone = tmp_path / "t5_encoder.safetensors"
+    lone.write_bytes(b"")
+    assert hf_folder(folder) == folder and hf_folder(lone) is None
+    assert hf_folder(folder / "model.safetensors") is None  # no config.json yet
+    (folder / "config.json").write_text("{}")
+    assert hf_folder(folder / "model.safetensors") == folder

@@ -4,7 +4,7 @@ A safetensors file starts with an 8-byte length and a JSON header giving every t
 byte range, so the encoder's tensors can be fetched alone (about 4.9 GB of the 11.4 GB fp32 checkpoint;
 the decoder and lm_head are never downloaded). They are written as fp16, except the feed-forward output
 projections `wo`, which stay fp32: that is what `T5EncoderModel.from_pretrained(dtype=float16)` keeps
-(`_keep_in_fp32_modules`), what the reference runs, and what `T5TextEncoder.from_single_file` keeps when
+(`_keep_in_fp32_modules`), what the reference runs, and what `files.t5_file.load_single_file` keeps when
 it loads this file in fp16. Names are Hugging Face's `shared.weight` + `encoder.*`.
 
 Pure functions over headers and files; the network side (which bytes to fetch) is in downloads.py.
@@ -120,7 +120,7 @@ def target_dtype(name: str) -> torch.dtype:
 
 def check_complete(selected: dict[str, Tensor], source: str) -> None:
     """The selection is a whole T5 encoder (the loader's own config inference must succeed on it)."""
-    from ..model.text_encoder import infer_t5_config
+    from ..files.t5_file import infer_t5_config
     meta = {name: torch.empty(t.shape, device="meta") for name, t in selected.items()}
     try:
         infer_t5_config(meta)

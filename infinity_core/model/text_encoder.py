@@ -3,8 +3,9 @@
 Mirrors the reference's `run_infinity.py: load_tokenizer` / `encode_prompt` (spec §6.1): flan-t5-xl
 tokenizer, 512 tokens padded to max_length with truncation (EOS kept), Hugging Face
 `T5EncoderModel` on the whole padded batch with the attention mask, `last_hidden_state` cast to
-fp32, each prompt's first `mask.sum()` rows packed. Loads an HF folder or a single safetensors file
-whose config is inferred from tensor shapes. Pure PyTorch + transformers; never touches the network.
+fp32, each prompt's first `mask.sum()` rows packed. Loads an HF folder; a single file is read by
+`files.t5_file`, which infers its config from tensor shapes. Pure PyTorch + transformers; never touches the
+network.
 """
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5EncoderModel
 
-from ..files.checkpoints import read_file
 from .conditioning import MAX_LENGTH, TextEmbedding
 from ..errors import CheckpointError, PromptError
 
@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 # transformers renamed from_pretrained's torch_dtype to dtype in 4.56; ComfyUI installs may be older
 _VERSION = tuple(int(p) for p in re.findall(r"\d+", transformers.__version__)[:2])
 _DTYPE_KW = "dtype" if _VERSION >= (4, 56) else "torch_dtype"
-_Q0 = "block.0.layer.0.SelfAttention.q.weight"
 _CORRUPT_HINT = "the file is incomplete or corrupt; re-download it"
 
 
@@ -68,68 +67,6 @@ def load_t5_tokenizer(tokenizer_dir: str | Path):
     return tok
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a single T5 file, read safely by the same code as every other checkpoint."""
-    obj = read_file(path)
-    obj = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError("the file holds no plain tensor dictionary", path=str(path),
-                              hint="use a .safetensors file")
-    return obj
-
-
-def _canonical_keys(sd: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
-    """HF `T5EncoderModel` key names: prefix stripped, decoder/lm_head dropped, tied embedding merged."""
-    anchors = [k for k in sd if k.endswith(_Q0) and not k.endswith("decoder." + _Q0)]
-    if not anchors:
-        sample = ", ".join(sorted(sd)[:4])
-        raise CheckpointError(f"not a T5 encoder: no '{_Q0}' key (keys start: {sample})", path=path,
-                              hint="pick the T5 text encoder file (flan-t5-xl), not an image model or VAE")
-    anchor = min(anchors, key=len)
-    stack_only = not anchor.endswith("encoder." + _Q0)  # a bare T5Stack: block.*, embed_tokens, final_layer_norm
-    prefix = anchor[: -len(_Q0)] if stack_only else anchor[: -len("encoder." + _Q0)]
-    out = {}
-    for key, value in sd.items():
-        if not key.startswith(prefix):
-            continue
-        key = key[len(prefix):]
-        if key.startswith(("decoder.", "lm_head.")):
-            continue
-        if stack_only:
-            key = "shared.weight" if key == "embed_tokens.weight" else "encoder." + key
-        out[key] = value
-    if "encoder.embed_tokens.weight" in out:  # tied to shared.weight in T5EncoderModel
-        embed = out.pop("encoder.embed_tokens.weight")
-        out.setdefault("shared.weight", embed)
-    if prefix:
-        logger.debug("T5 keys under prefix %r in %s", prefix, path)
-    return out
-
-
-def infer_t5_config(state_dict: dict[str, torch.Tensor]) -> T5Config:
-    """A `T5Config` from HF-named encoder tensors (prefixes, decoder keys and tied embeddings tolerated).
-
-    Gated feed-forwards are taken as 'gated-gelu' (T5 v1.1 / flan-t5; transformers maps it to the
-    tanh GELU 'gelu_new'), plain ones as 'relu'. Not inferable, left at T5 defaults:
-    relative_attention_max_distance 128, layer_norm_epsilon 1e-6.
-    """
-    sd = state_dict if "shared.weight" in state_dict and "encoder." + _Q0 in state_dict \
-        else _canonical_keys(state_dict, "<state dict>")
-    try:
-        vocab, d_model = sd["shared.weight"].shape
-        num_layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.block\.(\d+)\.", k)))
-        buckets, num_heads = sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].shape
-        inner = sd["encoder." + _Q0].shape[0]
-        gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in sd
-        d_ff = sd["encoder.block.0.layer.1.DenseReluDense." + ("wi_0" if gated else "wi") + ".weight"].shape[0]
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"incomplete T5 encoder weights (missing {err})",
-                              hint="the file is not a complete T5 encoder; re-download it") from err
-    return T5Config(vocab_size=vocab, d_model=d_model, d_kv=inner // num_heads, d_ff=d_ff, num_layers=num_layers,
-                    num_heads=num_heads, relative_attention_num_buckets=buckets,
-                    feed_forward_proj="gated-gelu" if gated else "relu", is_encoder_decoder=False, use_cache=False)
-
-
 class T5TextEncoder:
     """A T5 encoder (`.model`, an HF `T5EncoderModel` in eval mode) and its tokenizer."""
 
@@ -166,37 +103,6 @@ class T5TextEncoder:
                                   hint="config.json and the weights come from different models; re-download")
         logger.info("loaded T5 encoder %s (%d layers, d_model %d) as %s", folder, model.config.num_layers,
                     model.config.d_model, dtype)
-        return cls(model.to(device), tokenizer)
-
-    @classmethod
-    def from_single_file(cls, path: str | Path, *, tokenizer_dir: str | Path, dtype: torch.dtype = torch.float32,
-                         device: str | torch.device = "cpu") -> "T5TextEncoder":
-        """One encoder-only (or full encoder-decoder) T5 file; the config is inferred from shapes.
-
-        As HF's from_pretrained does, `wo` stays fp32 when dtype is fp16 (the T5 FF layer casts its
-        input to `wo`'s dtype). A later blanket `.model.to(torch.float16)` would undo that.
-        """
-        path = Path(path)
-        tokenizer = load_t5_tokenizer(tokenizer_dir)
-        sd = _canonical_keys(_read_state_dict(path), str(path))
-        config = infer_t5_config(sd)
-        with torch.device("meta"):
-            model = T5EncoderModel(config)
-        keep_fp32 = dtype == torch.float16
-        sd = {k: v.to(torch.float32 if keep_fp32 and k.endswith(".wo.weight") else dtype) for k, v in sd.items()}
-        try:
-            result = model.load_state_dict(sd, strict=False, assign=True)
-        except RuntimeError as err:  # shape mismatch
-            raise CheckpointError(f"T5 weights have inconsistent shapes: {err}", path=str(path),
-                                  hint="the file mixes weights of different models; re-download it") from err
-        missing = sorted(set(result.missing_keys) - {"encoder.embed_tokens.weight"})
-        if missing or result.unexpected_keys:
-            raise CheckpointError(f"not a complete T5 encoder: missing {missing[:5]}, unexpected "
-                                  f"{sorted(result.unexpected_keys)[:5]}", path=str(path),
-                                  hint="use an HF-format T5 encoder file (flan-t5-xl); re-download if incomplete")
-        model.set_input_embeddings(model.shared)  # re-tie encoder.embed_tokens to the loaded shared.weight
-        logger.info("loaded T5 encoder %s (%d layers, d_model %d) as %s", path, config.num_layers, config.d_model,
-                    dtype)
         return cls(model.to(device), tokenizer)
 
     @property

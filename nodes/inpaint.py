@@ -15,7 +15,7 @@ from ..infinity_core.errors import SamplingError
 from ..infinity_core.sampling.masks import TeacherForcing, fit_mask, paste_back
 from ..infinity_core.schedules import ScaleSchedule
 from . import comfy_glue as glue
-from .types import LatentView, read_mask, teacher_bits
+from .latent import LatentView, read_mask, teacher_bits
 
 MASK_BATCH_HINT = "give one mask for every image, or one per image (a mask batch as large as the image batch)"
 

@@ -12,8 +12,9 @@ from ..infinity_core.model.quantizer import summed_codes
 from ..infinity_core.schedules import MAX_SIDE
 from . import comfy_glue as glue
 from .inpaint import encode_mask, masks_for_batch
-from .types import (BUDGETS, InfinityVAE, TokenizerHandle, about, describe_schedule, latent_samples, pack_latent,
-                    read_mask, schedule_for_widgets)
+from .latent import latent_samples, pack_latent, read_mask
+from .types import InfinityVAE, TokenizerHandle
+from .widgets import BUDGETS, about, describe_schedule, schedule_for_widgets
 
 MIN_TILE = 8  # decode_tiled blends 4-cell overlaps
 

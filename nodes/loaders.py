@@ -9,7 +9,8 @@ from __future__ import annotations
 from .node_api import io, ui
 
 from . import comfy_glue as glue
-from .types import InfinityModel, InfinityTextEncoder, InfinityVAE, about
+from .types import InfinityModel, InfinityTextEncoder, InfinityVAE
+from .widgets import about
 
 DOWNLOAD_TOOLTIP = ("When the selected file is an official Infinity file that is not in the models folder yet: "
                     "download it on run from huggingface.co (verified, resumable, Cancel stops it; the line under "

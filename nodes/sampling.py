@@ -27,8 +27,9 @@ from ..infinity_core.schedules import MAX_SIDE, MIN_SIDE
 from ..infinity_core.sampling.speed import SpeedSettings, run_memory
 from . import comfy_glue as glue
 from .inpaint import carry_extras, seed_indices, teacher_for
-from .types import (BUDGETS, Conditioning, InfinityConditioning, InfinityModel, InfinityVAE, LatentView, ModelHandle,
-                    TokenizerHandle, about, describe_schedule, pack_latent, read_latent, schedule_for_widgets)
+from .latent import LatentView, pack_latent, read_latent
+from .types import Conditioning, InfinityConditioning, InfinityModel, InfinityVAE, ModelHandle, TokenizerHandle
+from .widgets import BUDGETS, about, describe_schedule, schedule_for_widgets
 
 TOP_P = 0.97  # the reference's gen_one_img default (its top_k=900 keeps both values of a bit: off)
 PROMPT_HINT = "type what the picture should show into the Infinity Text Encode node, e.g. 'a red fox in the snow'"

@@ -39,9 +39,10 @@ TARGETS = [
     "infinity_core/sampling/sampler.py", "infinity_core/model/transformer.py", "infinity_core/model/layers.py",
     "infinity_core/model/ops.py", "infinity_core/model/quantizer.py", "infinity_core/model/rope.py",
     "infinity_core/files/checkpoints.py", "infinity_core/model/text_encoder.py", "infinity_core/sampling/memory.py",
-    "nodes/sampling.py", "nodes/latents.py", "nodes/types.py", "nodes/comfy_glue.py", "nodes/loaders.py",
+    "nodes/sampling.py", "nodes/latents.py", "nodes/latent.py", "nodes/widgets.py", "nodes/comfy_glue.py",
+    "nodes/loaders.py",
     "nodes/conditioning.py", "infinity_core/sampling/masks.py", "infinity_core/model/attention.py", "nodes/inpaint.py",
-    "infinity_core/model/pruning.py", "infinity_core/sampling/speed.py",
+    "infinity_core/model/pruning.py", "infinity_core/sampling/speed.py", "infinity_core/sampling/image_bits.py",
 ]
 EQUIVALENT = HERE / "equivalent.txt"
 PRELOAD = ("torch", "numpy", "safetensors.torch", "PIL.Image", "transformers", "transformers.models.t5.modeling_t5",

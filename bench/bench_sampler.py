@@ -34,8 +34,8 @@ SLOW_CASES = {("2b", "0.25M"), ("2b", "0.60M"), ("2b", "1M")}
 
 # ---- worker: one case, in its own process -----------------------------------------------------------
 def ours_flops(config, schedule, settings, policy, text_tokens: int) -> dict:
-    run = policy.scales_run(schedule.num_scales) if policy is not None else schedule.num_scales
-    guided = settings.guided_scales(run)
+    from infinity_core.sampling.plan import plan_run
+    guided = plan_run(schedule, settings, pruning=policy).guided_scales
     return common.model_flops(config, schedule, text_tokens, guided=guided > 0, guided_scales=guided, pruning=policy)
 
 

@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from infinity_core.model.config import INFINITY_PRESETS, InfinityConfig  # noqa: E402
 from infinity_core.model.conditioning import TextEmbedding  # noqa: E402
 from infinity_core.sampling.memory import kv_cache_bytes  # noqa: E402
+from infinity_core.sampling.plan import net_scales  # noqa: E402
 from infinity_core.schedules import ScaleSchedule  # noqa: E402
 
 TINY_FIXTURE = Path(__file__).resolve().parents[2] / "shared/fixtures/infinity_ref/model_a/infinity_tiny_a.safetensors"
@@ -122,7 +123,7 @@ def model_flops(config: InfinityConfig, schedule: ScaleSchedule, text_tokens: in
     g = len(schedule.tokens_per_scale) if guided_scales is None else guided_scales
     linear = attn = cross = head = embed = 0.0
     tokens = schedule.tokens_per_scale
-    run = pruning.scales_run(len(tokens)) if pruning is not None else len(tokens)
+    run = net_scales(pruning, len(tokens))
     keys = [0] * N  # keys each layer holds
     per_scale = []
     for s, L in enumerate(tokens[:run]):

@@ -58,9 +58,9 @@ def main(argv=None):
     run(lambda prog: marks.append(time.perf_counter()))
     total = time.perf_counter() - t0
     print(f"# {args.size} {args.budget} ({source}), {schedule.num_tokens} tokens, plain run {total:.4f} s")
-    run_scales = policy.scales_run(schedule.num_scales) if policy is not None else schedule.num_scales
-    flops = common.model_flops(config, schedule, text.lens[0], guided_scales=settings.guided_scales(run_scales),
-                               pruning=policy)
+    from infinity_core.sampling.plan import plan_run
+    flops = common.model_flops(config, schedule, text.lens[0],
+                               guided_scales=plan_run(schedule, settings, pruning=policy).guided_scales, pruning=policy)
     peak = common.probe_peak(dtype, device)
     print(f"model {flops['total'] / 1e9:.4g} GFLOP -> {flops['total'] / total / 1e9:.4g} GFLOP/s; "
           f"1024^3 mm probe now: {peak / 1e9:.4g} GFLOP/s")

@@ -22,7 +22,8 @@ from ..infinity_core.sampling.memory import decode_bytes
 from ..infinity_core.model.pruning import DEFAULT_RATIO, PRESETS
 from ..infinity_core.model.quantizer import token_bits_to_vae
 from ..infinity_core.resize import area_2d
-from ..infinity_core.sampling.sampler import SamplerSettings, make_generators, output_scales, sample
+from ..infinity_core.sampling.plan import plan_run
+from ..infinity_core.sampling.sampler import SamplerSettings, make_generators, sample
 from ..infinity_core.schedules import MAX_SIDE, MIN_SIDE
 from ..infinity_core.sampling.speed import SpeedSettings, run_memory
 from . import comfy_glue as glue
@@ -208,7 +209,8 @@ def _run(model: ModelHandle, schedule, texts, settings: SamplerSettings, seed: i
     h, w = schedule.image_hw
     glue.load_models([model.patcher] + ([vae.patcher] if vae else []), need, f"sampling {batch} image(s) of {w}x{h}",
                      hint="lower batch_size or the pixel budget")
-    callback = glue.progress_callback(output_scales(n, pruning, teacher), node_id,
+    plan = plan_run(schedule, settings, pruning=pruning, teacher=teacher, stop_after=n)
+    callback = glue.progress_callback(plan.output_scales, node_id,
                                       _previewer(schedule.vae_grids(model.patchify), vae, size))
     return sample(model.patcher.model, texts[0], schedule, generators=make_generators(seed, batch, indices=indices),
                   settings=settings, patchify=model.patchify, negative=texts[1], batch=batch, teacher=teacher,
@@ -219,10 +221,9 @@ def _run(model: ModelHandle, schedule, texts, settings: SamplerSettings, seed: i
 def _speed_text(schedule, settings: SamplerSettings, pruning, n: int) -> str:
     """What the speed settings did in a run of n scales, for the node's text ('' in exact mode)."""
     parts = [pruning.describe(schedule, n)] if pruning is not None else []
-    ran = pruning.scales_run(n) if pruning is not None else n
-    guided = settings.guided_scales(ran)
-    if 0 < guided < ran:
-        parts.append(f"scales {guided + 1}-{ran} unguided (no unconditional half)")
+    plan = plan_run(schedule, settings, pruning=pruning, stop_after=n)
+    if plan.truncates:
+        parts.append(f"scales {plan.guided_scales + 1}-{plan.net_scales} unguided (no unconditional half)")
     return "".join("; " + p for p in parts)
 
 

@@ -11,7 +11,8 @@ from infinity_core.sampling.masks import TeacherForcing, regenerate_masks
 from infinity_core.model.pruning import build_policy, farthest_tokens
 from infinity_core.model.quantizer import summed_codes, token_bits_to_vae
 from infinity_core.files.random_models import random_tokenizer, random_transformer
-from infinity_core.sampling.sampler import make_generators, output_scales, sample
+from infinity_core.sampling.plan import plan_run
+from infinity_core.sampling.sampler import SamplerSettings, make_generators, sample
 from infinity_core.schedules import ScaleSchedule
 
 SQUARE = ScaleSchedule(1.0, "0.06M")  # token grids 1, 2, 4, 6, 8, 12, 16; 256x256 px
@@ -108,7 +109,12 @@ def test_patchify_masked_run_with_pruning(prompt):
     assert outside.any() and torch.equal(result.summed_codes[0][outside], plain.summed_codes[0][outside])
 
 
+def output_scales(n, policy, teacher):
+    return plan_run(SQUARE, SamplerSettings(), pruning=policy, teacher=teacher, stop_after=n).output_scales
+
+
 def test_output_scales_counts_what_yields_bits(tiny_tokenizer):
+    """The run plan's output_scales: the scales that run, and skipped ones a teacher forces whole."""
     bits = image_bits(tiny_tokenizer, SQUARE)
     policy = build_policy("fastvar", SQUARE, 4)  # scales 5 and 6 skipped
     masked = TeacherForcing.masked(bits, regenerate_masks(left_mask(SQUARE), SQUARE), keep_scales=2)

@@ -8,6 +8,7 @@ from ..devices import AttentionPlan
 from ..errors import MemoryBudgetError
 from ..model.pruning import PruningPolicy
 from ..schedules import TEMPLATES, ScaleSchedule
+from .plan import RunPlan, net_scales
 
 
 def dtype_bytes(dtype: torch.dtype) -> int:
@@ -49,7 +50,7 @@ def sampling_bytes(config: InfinityConfig, schedule: ScaleSchedule, batch: int, 
     scales and computes fewer tokens. `attention` (devices.attention_plan_for): what the device's attention
     backend allocates besides its output (None = a fused kernel, which never holds a score matrix)."""
     n = schedule.num_scales if num_scales is None else min(num_scales, schedule.num_scales)
-    n_net = pruning.scales_run(n) if pruning is not None else n
+    n_net = net_scales(pruning, n)
     g = (n_net if guided else 0) if guided_scales is None else min(guided_scales, n_net)
     tokens, C, b = schedule.tokens_per_scale, config.embed_dim, dtype_bytes(dtype)
     layer_kv = lambda rows, t: rows * t * C * 2 * b  # noqa: E731  (K and V of one layer)
@@ -80,6 +81,14 @@ def sampling_bytes(config: InfinityConfig, schedule: ScaleSchedule, batch: int, 
     setup = (guided_kv if g else full_kv) + rows0 * config.depth * text_tokens * C * 2 * b + 2 * rope_table
     scores = attention_bytes(config, schedule, 2 * batch if g else batch, dtype, attention)
     return max(peak + rope_table + scores, setup)
+
+
+def plan_bytes(config: InfinityConfig, plan: RunPlan, batch: int, dtype: torch.dtype, text_tokens: int = 512,
+               attention: AttentionPlan | None = None) -> int:
+    """Peak working memory of the run `plan` describes (`sampling_bytes` with the plan's numbers)."""
+    return sampling_bytes(config, plan.schedule, batch, plan.guided_scales > 0, dtype, text_tokens,
+                          guided_scales=plan.guided_scales, pruning=plan.pruning, num_scales=plan.scales,
+                          attention=attention)
 
 
 def _attended(tokens, si: int, pruning: PruningPolicy | None, depth: int) -> int:

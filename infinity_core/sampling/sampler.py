@@ -12,7 +12,7 @@ Shape legend: B images, N = tokens x bits of a scale, d_t bits per token, d bits
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -21,6 +21,7 @@ from .. import validation
 from ..model.conditioning import TextEmbedding
 from ..errors import SamplingError
 from .masks import TeacherForcing
+from .plan import RunPlan, plan_run
 from ..model.pruning import PruningPolicy
 from ..model.quantizer import bits_to_codes, next_scale_input, token_bits_to_vae, upsample_codes
 from ..schedules import ScaleSchedule
@@ -214,87 +215,121 @@ def sample(
     teacher.check(schedule.tokens_per_scale, B, model.config.bits_per_token)
     if pruning is not None:
         pruning.validate(schedule, len(model.blocks))
-    n = schedule.num_scales if stop_after is None else max(1, min(stop_after, schedule.num_scales))
-    n_net = pruning.scales_run(n) if pruning is not None else n  # scales that run the network
-    cfg_list, tau_list = settings.per_scale(schedule.num_scales)
-    on_logits, mix_layers = _guidance(settings, len(model.blocks))
+    plan = plan_run(schedule, settings, pruning=pruning, teacher=teacher, stop_after=stop_after)
     if 1 in settings.cfg_insertion_layer:
         log.warning("cfg_insertion_layer 1 applies no guidance (reference behaviour); the uncond half still runs")
-    guided_until = settings.guided_scales(n_net)  # the unconditional rows exist for scales < guided_until
-    full_text = _guided_text(model, text, negative, B) if guided_until else text.expand_to(B)
+    full_text = _guided_text(model, text, negative, B) if plan.guided_scales else text.expand_to(B)
     device = torch.device(device) if device is not None else model.head.weight.device
-    vae_grids = schedule.vae_grids(patchify)
-    final_HW = vae_grids[-1]
-    total = output_scales(n, pruning, teacher)
-    kv_tokens = sum(schedule.tokens_per_scale[:n_net - 1])  # the last scale run is never attended to later
-
-    state = model.condition(full_text, schedule, device, compute_dtype, num_scales=n_net,
-                            kv_scales=guided_until if 0 < guided_until < n_net else None)
-    guard = validation.LogitsGuard(n_net, compute_dtype)
+    state = model.condition(full_text, schedule, device, compute_dtype, num_scales=plan.net_scales,
+                            kv_scales=plan.guided_scales if plan.truncates else None)
+    run = _Run(model, plan, state, settings, teacher, generators, B, patchify, callback, record_logits,
+               guard=validation.LogitsGuard(plan.net_scales, compute_dtype))
     try:
-        x, summed, bits_out, logits_out, skipped = model.start_tokens(state), 0, [], [], []
-        for si in range(n_net):
-            cfg, tau = cfg_list[si], tau_list[si]
-            guided = state.rows > B
-            mix = lambda h, cfg=cfg: torch.cat([cfg * h[:B] + (1 - cfg) * h[B:]] * 2)  # noqa: E731
-            layers = mix_layers if cfg != 1 and guided else frozenset()
-            first = _drawn_rows(teacher, si, B, schedule.tokens_per_scale[si], state.rows, pruning)
-            hidden = model.forward_scale(x, si, state, mix_after_layers=layers, mix=mix, pruning=pruning,
-                                         compute_first=first)
-            if cfg != 1 and on_logits and guided:
-                logits = model.logits(hidden, state).mul(1 / tau)
-                logits = cfg * logits[:B] + (1 - cfg) * logits[B:]
-            else:
-                logits = model.logits(hidden[:B], state, rows=slice(0, B)).mul(1 / tau)
-            del hidden
-            logits = logits.reshape(B, -1, 2)
-            if record_logits:
-                logits_out.append(logits.clone())
-            guard.check(logits, si)  # fp16 overflow: named, not multinomial's crash
-            probs = mask_logits_(logits, settings.top_k, settings.top_p).softmax(dim=-1)
-            # every token is drawn, then the kept ones take the image's bits: the random stream ignores the mask
-            bits = draw_bits(probs, generators).view(B, schedule.tokens_per_scale[si], -1).to(torch.uint8)
-            bits = teacher.apply(si, bits)
-            codes = bits_to_codes(token_bits_to_vae(bits, schedule.grids[si], patchify))
-            summed = summed + upsample_codes(codes, final_HW)
-            if si + 1 == guided_until < n_net:  # guidance truncation: cfg is 1 from here on
-                model.keep_rows(state, B, kv_tokens)
-            if si + 1 < n_net:
-                x = model.embed_bits(next_scale_input(summed, vae_grids[si + 1], patchify), state)
-                x = x.repeat(state.rows // B, 1, 1)
-            bits_out.append(bits)
-            if callback is not None:
-                callback(ScaleProgress(si, total, bits, summed))
-        guard.finish()
-        for si in range(n_net, n):
-            # A skipped scale (FastVAR's "100% pruning", always the last ones) draws nothing: it adds only the
-            # codes of the tokens a teacher forces. A whole forced scale (image-to-image) yields its bits; a
-            # partly forced one (inpainting) or an unforced one yields none and counts as skipped.
-            forced = teacher.forced_only(si, B, schedule.tokens_per_scale[si], model.config.bits_per_token, device)
-            if forced is None:
-                skipped.append(si)
-                continue
-            bits, keep_BL = forced
-            codes = bits_to_codes(token_bits_to_vae(bits, schedule.grids[si], patchify))
-            if keep_BL is not None:
-                codes = codes * _token_cells(keep_BL, schedule.grids[si], patchify)
-            summed = summed + upsample_codes(codes, final_HW)
-            if keep_BL is not None:
-                skipped.append(si)
-                continue
-            bits_out.append(bits)
-            if callback is not None:
-                callback(ScaleProgress(si, total, bits, summed))
+        x = model.start_tokens(state)
+        for si in range(plan.net_scales):
+            x = run.network_scale(si, x)
+        run.guard.finish()
+        for si in plan.skipped_scales:
+            run.skipped_scale(si, device)
     finally:
         model.free(state)
-    return SampleResult(bits_out, summed.squeeze(2), schedule, patchify, logits_out if record_logits else None,
-                        skipped=tuple(skipped))
+    return SampleResult(run.bits_out, run.summed.squeeze(2), schedule, patchify,
+                        run.logits_out if record_logits else None, skipped=tuple(run.skipped))
 
 
-def output_scales(n: int, pruning: PruningPolicy | None, teacher: TeacherForcing | None = None) -> int:
-    """How many scales of a run of n yield bits: all but the skipped ones that the teacher does not force whole."""
-    n_net = pruning.scales_run(n) if pruning is not None else n
-    return max(n_net, min(n, teacher.whole_scales if teacher is not None else 0))
+@dataclass
+class _Run:
+    """One call of `sample()` under way: the plan, the state it walks, and what it has produced so far."""
+
+    model: InfinityTransformer
+    plan: RunPlan
+    state: object                 # the transformer's GenerationState
+    settings: SamplerSettings
+    teacher: TeacherForcing
+    generators: Sequence[torch.Generator]
+    B: int
+    patchify: bool
+    callback: Callable[[ScaleProgress], None] | None
+    record_logits: bool
+    guard: validation.LogitsGuard
+    summed: torch.Tensor | int = 0
+    bits_out: list = field(default_factory=list)
+    logits_out: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.on_logits, self.mix_layers = _guidance(self.settings, len(self.model.blocks))
+        self.vae_grids = self.plan.schedule.vae_grids(self.patchify)
+
+    def network_scale(self, si: int, x: torch.Tensor) -> torch.Tensor | None:
+        """Run the network on scale si, draw its bits (the teacher puts back the kept ones), add their codes;
+        returns the next scale's input."""
+        plan, state, B = self.plan, self.state, self.B
+        bits = self._draw(si, self._logits(si, x)).view(B, plan.schedule.tokens_per_scale[si], -1).to(torch.uint8)
+        bits = self.teacher.apply(si, bits)
+        self._add_codes(si, bits)
+        if si + 1 == plan.guided_scales and plan.truncates:  # guidance truncation: cfg is 1 from here on
+            self.model.keep_rows(state, B, plan.kv_tokens)
+        nxt = None
+        if si + 1 < plan.net_scales:
+            nxt = self.model.embed_bits(next_scale_input(self.summed, self.vae_grids[si + 1], self.patchify), state)
+            nxt = nxt.repeat(state.rows // B, 1, 1)
+        self._emit(si, bits)
+        return nxt
+
+    def _logits(self, si: int, x: torch.Tensor) -> torch.Tensor:
+        """[B, L*d, 2] guided and tempered logits of scale si."""
+        plan, state, B, model = self.plan, self.state, self.B, self.model
+        cfg, tau = plan.cfg[si], plan.tau[si]
+        guided = state.rows > B
+        mix = lambda h, cfg=cfg: torch.cat([cfg * h[:B] + (1 - cfg) * h[B:]] * 2)  # noqa: E731
+        layers = self.mix_layers if cfg != 1 and guided else frozenset()
+        first = _drawn_rows(self.teacher, si, B, plan.schedule.tokens_per_scale[si], state.rows, plan.pruning)
+        hidden = model.forward_scale(x, si, state, mix_after_layers=layers, mix=mix, pruning=plan.pruning,
+                                     compute_first=first)
+        if cfg != 1 and self.on_logits and guided:
+            logits = model.logits(hidden, state).mul(1 / tau)
+            logits = cfg * logits[:B] + (1 - cfg) * logits[B:]
+        else:
+            logits = model.logits(hidden[:B], state, rows=slice(0, B)).mul(1 / tau)
+        del hidden
+        return logits.reshape(B, -1, 2)
+
+    def _draw(self, si: int, logits: torch.Tensor) -> torch.Tensor:
+        if self.record_logits:
+            self.logits_out.append(logits.clone())
+        self.guard.check(logits, si)  # fp16 overflow: named, not multinomial's crash
+        probs = mask_logits_(logits, self.settings.top_k, self.settings.top_p).softmax(dim=-1)
+        # every token is drawn, then the kept ones take the image's bits: the random stream ignores the mask
+        return draw_bits(probs, self.generators)
+
+    def skipped_scale(self, si: int, device) -> None:
+        """A skipped scale (FastVAR's "100% pruning", always the last ones) draws nothing: it adds only the codes
+        of the tokens a teacher forces. A whole forced scale (image-to-image) yields its bits; a partly forced one
+        (inpainting) or an unforced one yields none and counts as skipped."""
+        tokens = self.plan.schedule.tokens_per_scale[si]
+        forced = self.teacher.forced_only(si, self.B, tokens, self.model.config.bits_per_token, device)
+        if forced is None:
+            self.skipped.append(si)
+            return
+        bits, keep_BL = forced
+        weight = _token_cells(keep_BL, self.plan.schedule.grids[si], self.patchify) if keep_BL is not None else None
+        self._add_codes(si, bits, weight)
+        if keep_BL is not None:
+            self.skipped.append(si)
+            return
+        self._emit(si, bits)
+
+    def _add_codes(self, si: int, bits: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        codes = bits_to_codes(token_bits_to_vae(bits, self.plan.schedule.grids[si], self.patchify))
+        if weight is not None:
+            codes = codes * weight
+        self.summed = self.summed + upsample_codes(codes, self.vae_grids[-1])
+
+    def _emit(self, si: int, bits: torch.Tensor) -> None:
+        self.bits_out.append(bits)
+        if self.callback is not None:
+            self.callback(ScaleProgress(si, self.plan.output_scales, bits, self.summed))
 
 
 def _drawn_rows(teacher: TeacherForcing, si: int, batch: int, tokens: int, rows: int,

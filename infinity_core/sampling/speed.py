@@ -13,7 +13,8 @@ import torch
 from ..model.config import InfinityConfig
 from ..devices import AttentionPlan
 from ..errors import SamplingError
-from .memory import sampling_bytes
+from .memory import plan_bytes
+from .plan import net_scales, plan_run
 from ..model.pruning import DEFAULT_RATIO, PruningPolicy, build_policy
 from .sampler import SamplerSettings
 from ..schedules import ScaleSchedule
@@ -42,8 +43,7 @@ class SpeedSettings:
                  num_scales: int | None = None) -> SamplerSettings:
         """`settings` with `unguided_last_scales` applied to the scales that run under `policy`."""
         n = schedule.num_scales if not num_scales else min(num_scales, schedule.num_scales)
-        run = policy.scales_run(n) if policy is not None else n
-        return unguided_last(settings, self.unguided_last_scales, schedule.num_scales, run)
+        return unguided_last(settings, self.unguided_last_scales, schedule.num_scales, net_scales(policy, n))
 
 
 def unguided_last(settings: SamplerSettings, scales: int, num_scales: int, last: int) -> SamplerSettings:
@@ -60,9 +60,6 @@ def unguided_last(settings: SamplerSettings, scales: int, num_scales: int, last:
 def run_memory(config: InfinityConfig, schedule: ScaleSchedule, batch: int, settings: SamplerSettings,
                dtype: torch.dtype, pruning: PruningPolicy | None = None, num_scales: int | None = None,
                text_tokens: int = 512, attention: AttentionPlan | None = None) -> int:
-    """Peak working memory of `sample()` with these settings (memory.sampling_bytes)."""
-    n = schedule.num_scales if not num_scales else min(num_scales, schedule.num_scales)
-    run = pruning.scales_run(n) if pruning is not None else n
-    guided = settings.guided_scales(run)
-    return sampling_bytes(config, schedule, batch, guided > 0, dtype, text_tokens, guided_scales=guided,
-                          pruning=pruning, num_scales=n, attention=attention)
+    """Peak working memory of `sample()` with these settings (memory.plan_bytes of the run's plan)."""
+    plan = plan_run(schedule, settings, pruning=pruning, stop_after=num_scales or None)
+    return plan_bytes(config, plan, batch, dtype, text_tokens, attention)

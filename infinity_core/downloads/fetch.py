@@ -383,7 +383,7 @@ def run(steps: list[Step], progress: Callable[[Progress], None] | None = None) -
             log.info("%s ready in %s", step.spec.name, step.dest.parent)
             report.paths.append(step.dest)
     except OSError as err:
-        if getattr(err, "errno", None) in hub._DISK:
+        if hub.is_disk_error(err):
             raise hub.disk_error(err, step.dest.parent) from None
         raise
     finally:

@@ -198,6 +198,11 @@ def _as_download_error(err: Exception, url: str) -> DownloadError:
                          hint="check the network connection and run again: the download resumes where it stopped")
 
 
+def is_disk_error(err: BaseException) -> bool:
+    """A write failure of the disk itself (full, read-only, quota), which `disk_error` explains."""
+    return isinstance(err, OSError) and err.errno in _DISK
+
+
 def disk_error(err: OSError, path) -> DownloadError:
     reason = _DISK.get(err.errno, err.strerror or type(err).__name__)
     return DownloadError(f"cannot write {path}: {reason}", path=None,

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from ..errors import DownloadError
+from ..files.checkpoints import safetensors_header_length
 
-HEADER_LIMIT = 100_000_000  # safetensors' own limit on the JSON header
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 _NAMES = {v: k for k, v in _DTYPES.items()}
 _KEEP_FP32 = ".wo.weight"
@@ -55,9 +55,9 @@ class Run:
 def header_length(first8: bytes, source: str) -> int:
     if len(first8) != 8:
         raise DownloadError(f"{source}: not a safetensors file (shorter than 8 bytes)", hint="re-run the download")
-    n = struct.unpack("<Q", first8)[0]
-    if not 0 < n <= HEADER_LIMIT:
-        raise DownloadError(f"{source}: implausible safetensors header length {n}",
+    n = safetensors_header_length(first8)
+    if n is None:
+        raise DownloadError(f"{source}: implausible safetensors header length {int.from_bytes(first8, 'little')}",
                             hint="the hub served something else than a safetensors file; re-run the download")
     return n
 

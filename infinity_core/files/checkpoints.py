@@ -71,6 +71,18 @@ def _unreadable_pickle(path: Path, err: Exception) -> CheckpointError:
 MAX_INDEX_BYTES = 64 * 2**20  # Infinity-8B's index is about 100 KB: a bigger "index" is not one
 
 
+SAFETENSORS_HEADER_LIMIT = 100_000_000  # safetensors' own limit on the JSON header
+
+
+def safetensors_header_length(first8: bytes) -> int | None:
+    """The JSON header length a safetensors file's first 8 bytes announce; None when implausible (the one
+    check every reader of raw headers shares: file kinds, the T5 encoder-half download)."""
+    if len(first8) != 8:
+        return None
+    n = int.from_bytes(first8, "little")
+    return n if 0 < n <= SAFETENSORS_HEADER_LIMIT else None
+
+
 def read_weight_map(index_path: Path) -> dict[str, str]:
     """The index's `weight_map` (tensor name -> shard file), checked to be one."""
     try:

@@ -6,28 +6,27 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from .checkpoints import PICKLE_SUFFIXES, detect_kind, read_file, remap_vae_keys, unwrap_state_dict
+from .checkpoints import (PICKLE_SUFFIXES, detect_kind, read_file, read_weight_map, remap_vae_keys,
+                          safetensors_header_length, unwrap_state_dict)
 from ..model.config import VAEConfig, vae_config_from_state_dict
 from ..errors import CheckpointError
 
-HEADER_LIMIT = 100_000_000
 _TOKENIZER_NAME = re.compile(r"vae|tokeni[sz]er|bsq", re.IGNORECASE)
 
 
 def _header(path: Path) -> dict | None:
     try:
         with open(path, "rb") as f:
-            n = struct.unpack("<Q", f.read(8))[0]
-            if not 0 < n <= HEADER_LIMIT:
+            n = safetensors_header_length(f.read(8))
+            if n is None:
                 return None
             header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error):
+    except (OSError, ValueError):
         return None
     return header if isinstance(header, dict) else None
 
@@ -37,8 +36,8 @@ def _peek(path: str, size: int, mtime_ns: int) -> tuple[str, ...] | None:
     p = Path(path)
     if p.name.endswith(".index.json"):
         try:
-            return tuple(json.loads(p.read_text())["weight_map"])
-        except (OSError, ValueError, KeyError, TypeError):
+            return tuple(read_weight_map(p))
+        except CheckpointError:
             return None
     if p.suffix in (".safetensors", ".sft"):
         header = _header(p)

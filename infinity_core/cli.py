@@ -13,7 +13,11 @@ import torch
 from . import devices
 from .errors import InfinityError
 from .images import save_png
+from .downloads.official import BUNDLES
+from .model.pruning import DEFAULT_RATIO, PRESETS
 from .schedules import AUTO_BUDGET, PIXEL_BUDGETS
+
+MODEL_BUNDLES = [name for name in BUNDLES if name not in ("t5", "all")]  # the bundles of one model: 2b, 8b, ...
 
 log = logging.getLogger("infinity_core")
 
@@ -204,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt", default="")
-    g.add_argument("--model", default="2b", choices=["2b", "8b", "8b-512"],
+    g.add_argument("--model", default="2b", choices=MODEL_BUNDLES,
                    help="which official files to use from --models-dir (default 2b)")
     g.add_argument("--models-dir", help=f"models folder (default ${{INFINITY_MODELS_DIR}} or ./{DEFAULT_MODELS_DIR})")
     g.add_argument("--download", action="store_true", help="fetch the model's missing official files first")
@@ -228,10 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--unguided-last-scales", type=int, default=0,
                    help="the last N scales run without guidance and without its unconditional half (faster; "
                         "0 = off). Same as a --cfg list ending in N ones")
-    g.add_argument("--pruning", default="off", choices=["off", "prune", "fastvar"],
+    g.add_argument("--pruning", default="off", choices=list(PRESETS),
                    help="FastVAR token pruning: 'fastvar' = its setting (prune 2 late scales, skip the last 2), "
                         "'prune' = prune the last 4 scales, skip none; off = exact (default)")
-    g.add_argument("--prune-ratio", type=float, default=0.5, help="fraction of tokens the pruned scales drop "
+    g.add_argument("--prune-ratio", type=float, default=DEFAULT_RATIO, help="fraction of tokens the pruned scales drop "
                    "(FastVAR: 0.5; the first pruned scale drops 0.8 x this)")
     g.add_argument("--tile", type=int, default=0, help="tiled decode, tile size in latent cells (0 = off)")
     g.add_argument("--image", help="edit this picture (its aspect sets the size; --width/--height are ignored)")
@@ -248,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
     d = sub.add_parser("download", help="fetch the official model files into a models folder (verified, resumable)",
                        parents=[common])
-    d.add_argument("targets", nargs="+", choices=["2b", "8b", "8b-512", "t5", "all"],
+    d.add_argument("targets", nargs="+", choices=list(BUNDLES),
                    help="2b / 8b / 8b-512: transformer + tokenizer + text encoder; t5: the text encoder only")
     d.add_argument("--models-dir", help=f"models folder (default ${{INFINITY_MODELS_DIR}} or ./{DEFAULT_MODELS_DIR}); "
                                         "files go to its infinity/ and text_encoders/ subfolders, as in ComfyUI")

@@ -71,6 +71,19 @@ class Item:
         return max(0, self.size - (self.part.stat().st_size if self.part.exists() else 0))
 
 
+@dataclass(frozen=True)
+class T5Extraction:
+    """How the encoder half of flan-t5-xl is built from the full checkpoint's shards: the byte runs to fetch per
+    shard, the tensors they hold, the shards' remotes and where the pieces wait (`work`)."""
+
+    work: Path
+    selected: dict              # tensor name -> t5_encoder_file.Tensor
+    runs: dict                  # shard -> [t5_encoder_file.Run]
+    remotes: dict               # shard -> hub remote
+    commit: str | None
+    shard_sha256: dict          # shard -> sha256 the hub reported
+
+
 @dataclass
 class Step:
     """Everything one official model needs; `present` when it is already there and verified."""
@@ -79,11 +92,11 @@ class Step:
     dest: Path
     present: bool = False
     items: list[Item] = field(default_factory=list)
-    t5: dict | None = None  # the encoder extraction plan (runs, selected tensors, shard remotes)
+    t5: T5Extraction | None = None  # only for the T5 encoder file, built from byte ranges
 
     @property
     def fetch_bytes(self) -> int:
-        runs = [] if self.t5 is None else [r for rs in self.t5["runs"].values() for r in rs]
+        runs = [] if self.t5 is None else [r for rs in self.t5.runs.values() for r in rs]
         return sum(i.missing for i in self.items) + sum(_run_missing(self, r) for r in runs)
 
 
@@ -187,13 +200,13 @@ def _plan_t5(step: Step) -> None:
         selected.update(wanted)
         runs[shard], remotes[shard] = t5file.runs(shard, list(wanted.values())), rem
     t5file.check_complete(selected, index.remote.url)
-    step.t5 = {"work": work, "selected": selected, "runs": runs, "remotes": remotes,
-               "commit": index.remote.commit, "shard_sha256": {s: r.sha256 for s, r in remotes.items()}}
+    step.t5 = T5Extraction(work, selected, runs, remotes, index.remote.commit,
+                           {s: r.sha256 for s, r in remotes.items()})
 
 
 def _run_part(step: Step, run: t5file.Run) -> Path:
-    etag = (step.t5["remotes"][run.shard].etag or "noetag")[:12]
-    return safe_join(step.t5["work"], f"{run.shard}.{run.start}-{run.end}.{etag}.part")
+    etag = (step.t5.remotes[run.shard].etag or "noetag")[:12]
+    return safe_join(step.t5.work, f"{run.shard}.{run.start}-{run.end}.{etag}.part")
 
 
 def _run_missing(step: Step, run: t5file.Run) -> int:
@@ -266,7 +279,7 @@ def _need_space(steps: list[Step]) -> None:
     for s in steps:
         if s.present:
             continue
-        out = s.t5["selected"].items() if s.t5 else ()
+        out = s.t5.selected.items() if s.t5 else ()
         extra = sum(t5file.out_nbytes(name, t) for name, t in out)
         by_dir[s.dest.parent] = by_dir.get(s.dest.parent, 0) + s.fetch_bytes + extra
     for folder, need in by_dir.items():
@@ -336,8 +349,8 @@ def _fetch_item(item: Item, spec: ModelFile, count: _Counter) -> int:
 def _build_t5(step: Step, count: _Counter) -> int:
     plan_t5, fetched = step.t5, 0
     run_files = {}
-    for shard, runs in plan_t5["runs"].items():
-        rem = plan_t5["remotes"][shard]
+    for shard, runs in plan_t5.runs.items():
+        rem = plan_t5.remotes[shard]
         for run in runs:
             part = _run_part(step, run)
             count.what = f"{shard} (encoder bytes {run.start}-{run.end})"
@@ -345,21 +358,21 @@ def _build_t5(step: Step, count: _Counter) -> int:
             hub.fetch(rem, part, start=run.start, length=run.length, on_bytes=count)
             run_files[run] = part
     out_part = step.dest.with_name(step.dest.name + ".part")
-    meta = {"source": f"{step.spec.repo}@{plan_t5['commit'] or step.spec.revision}",
-            "shards_sha256": json.dumps(plan_t5["shard_sha256"], sort_keys=True),
+    meta = {"source": f"{step.spec.repo}@{plan_t5.commit or step.spec.revision}",
+            "shards_sha256": json.dumps(plan_t5.shard_sha256, sort_keys=True),
             "dtype": "fp16; *.wo.weight fp32 (as transformers keeps them)"}
     try:
-        t5file.write_encoder_file(out_part, plan_t5["selected"], run_files, meta)
-        t5file.verify_encoder_file(out_part, plan_t5["selected"])
+        t5file.write_encoder_file(out_part, plan_t5.selected, run_files, meta)
+        t5file.verify_encoder_file(out_part, plan_t5.selected)
     except DownloadError:
         out_part.unlink(missing_ok=True)
         for part in run_files.values():
             part.unlink(missing_ok=True)
         raise
     os.replace(out_part, step.dest)
-    record(step.dest, etag=None, commit=plan_t5["commit"], url=step.spec.url, repo=step.spec.repo,
-           revision=step.spec.revision, built_from=plan_t5["shard_sha256"])
-    shutil.rmtree(plan_t5["work"], ignore_errors=True)
+    record(step.dest, etag=None, commit=plan_t5.commit, url=step.spec.url, repo=step.spec.repo,
+           revision=step.spec.revision, built_from=plan_t5.shard_sha256)
+    shutil.rmtree(plan_t5.work, ignore_errors=True)
     return fetched
 
 

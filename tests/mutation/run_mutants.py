@@ -43,6 +43,7 @@ TARGETS = [
     "nodes/loaders.py",
     "nodes/conditioning.py", "infinity_core/sampling/masks.py", "infinity_core/model/attention.py", "nodes/inpaint.py",
     "infinity_core/model/pruning.py", "infinity_core/sampling/speed.py", "infinity_core/sampling/image_bits.py",
+    "infinity_core/sampling/plan.py",
 ]
 EQUIVALENT = HERE / "equivalent.txt"
 PRELOAD = ("torch", "numpy", "safetensors.torch", "PIL.Image", "transformers", "transformers.models.t5.modeling_t5",

@@ -26,6 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import flops as flop_count  # noqa: E402
+import memory  # noqa: E402
+import timing  # noqa: E402
 from common import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -36,7 +39,8 @@ SLOW_CASES = {("2b", "0.25M"), ("2b", "0.60M"), ("2b", "1M")}
 def ours_flops(config, schedule, settings, policy, text_tokens: int) -> dict:
     from infinity_core.sampling.plan import plan_run
     guided = plan_run(schedule, settings, pruning=policy).guided_scales
-    return common.model_flops(config, schedule, text_tokens, guided=guided > 0, guided_scales=guided, pruning=policy)
+    return flop_count.model_flops(config, schedule, text_tokens, guided=guided > 0, guided_scales=guided,
+                                  pruning=policy)
 
 
 def run_case(spec: dict) -> dict:
@@ -46,15 +50,15 @@ def run_case(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device, dtype = spec["device"], common.DTYPES[spec["dtype"]]
-    imports_rss = common.current_rss()
+    imports_rss = memory.current_rss()
     config = common.size_config(spec["size"])
-    peak = common.matmul_peak(dtype, device, config)
-    baseline_rss = common.current_rss()  # after imports and a first matmul (BLAS/OpenMP warmed up)
+    peak = flop_count.matmul_peak(dtype, device, config)
+    baseline_rss = memory.current_rss()  # after imports and a first matmul (BLAS/OpenMP warmed up)
 
     t0 = time.perf_counter()
     model, source = common.build_ours(spec["size"], dtype, device)
     build_s = time.perf_counter() - t0
-    weights = common.tensor_bytes(model.state_dict().values())
+    weights = memory.tensor_bytes(model.state_dict().values())
     schedule = common.schedule_for(spec["budget"])
     text = common.text_embedding(config)
     mode = spec.get("mode", "exact")
@@ -71,7 +75,7 @@ def run_case(spec: dict) -> dict:
         config=dict(depth=config.depth, embed_dim=config.embed_dim, heads=config.num_heads, mlp=config.mlp_hidden,
                     bits=config.bits_per_token, text_channels=config.text_channels),
         params=sum(p.numel() for p in model.parameters()), build_s=build_s)
-    out.update(common.measure(run, spec=spec, config=config, schedule=schedule, text_tokens=text.lens[0],
+    out.update(timing.measure(run, spec=spec, config=config, schedule=schedule, text_tokens=text.lens[0],
                               weights_bytes=weights, baseline_rss=baseline_rss, imports_rss=imports_rss,
                               peak_before=peak, flops=ours_flops(config, schedule, settings, policy, text.lens[0]),
                               estimate_bytes=run_memory(config, schedule, 1, settings, dtype, policy,

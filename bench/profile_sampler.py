@@ -20,6 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import flops as flop_count  # noqa: E402
+import timing  # noqa: E402
 from common import torch  # noqa: E402
 
 
@@ -59,9 +61,9 @@ def main(argv=None):
     total = time.perf_counter() - t0
     print(f"# {args.size} {args.budget} ({source}), {schedule.num_tokens} tokens, plain run {total:.4f} s")
     from infinity_core.sampling.plan import plan_run
-    flops = common.model_flops(config, schedule, text.lens[0],
+    flops = flop_count.model_flops(config, schedule, text.lens[0],
                                guided_scales=plan_run(schedule, settings, pruning=policy).guided_scales, pruning=policy)
-    peak = common.probe_peak(dtype, device)
+    peak = timing.probe_peak(dtype, device)
     print(f"model {flops['total'] / 1e9:.4g} GFLOP -> {flops['total'] / total / 1e9:.4g} GFLOP/s; "
           f"1024^3 mm probe now: {peak / 1e9:.4g} GFLOP/s")
     prev = t0

@@ -50,6 +50,9 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import flops as flop_count  # noqa: E402
+import memory  # noqa: E402
+import timing  # noqa: E402
 from common import torch  # noqa: E402
 
 import torch.nn as nn  # noqa: E402
@@ -200,10 +203,10 @@ def run_case(spec: dict, repo: str) -> dict:
     stand_ins = install_stand_ins(device)
     sys.path.insert(0, str(Path(repo).resolve()))
     from infinity.models.infinity import Infinity  # noqa: E402  (the user's checkout)
-    imports_rss = common.current_rss()
+    imports_rss = memory.current_rss()
     config = common.size_config(spec["size"])
-    peak = common.matmul_peak(dtype, device, config)
-    baseline_rss = common.current_rss()  # after imports and a first matmul (BLAS/OpenMP warmed up)
+    peak = flop_count.matmul_peak(dtype, device, config)
+    baseline_rss = memory.current_rss()  # after imports and a first matmul (BLAS/OpenMP warmed up)
     schedule = common.schedule_for(spec["budget"])
 
     t0 = time.perf_counter()
@@ -229,7 +232,7 @@ def run_case(spec: dict, repo: str) -> dict:
     if dtype != torch.float32:  # load_infinity(bf16=True)
         for block in ref.unregistered_blocks:
             block.to(dtype)
-    weights = common.tensor_bytes(ref.state_dict().values())
+    weights = memory.tensor_bytes(ref.state_dict().values())
     del sd
     # `ours` stays: its tensors ARE the reference's weights (assign=True), so it costs no memory
     build_s = time.perf_counter() - t0
@@ -263,7 +266,7 @@ def run_case(spec: dict, repo: str) -> dict:
         key = tuple(cfg_list)
         if key not in measured:  # the reference alone, once per cfg list (it cannot prune)
             print(f"[reference] cfg list {list(key)} ...", file=sys.stderr, flush=True)
-            measured[key] = common.measure(lambda: run(key), spec=spec, config=config, schedule=schedule,
+            measured[key] = timing.measure(lambda: run(key), spec=spec, config=config, schedule=schedule,
                                            text_tokens=T, weights_bytes=weights, baseline_rss=baseline_rss,
                                            imports_rss=imports_rss, peak_before=peak)
         out = dict(base, mode=mode, cfg_list=list(key), **measured[key])
@@ -284,7 +287,7 @@ def run_case(spec: dict, repo: str) -> dict:
             print(f"[reference] paired with ours, {mode} ...", file=sys.stderr, flush=True)
             # at least `pairs` pairs however long they take: one pair is no measurement on a busy host
             # (--quick: no warm-up pair; the reference is warm from its own timing, ours pays its first run)
-            pair = common.paired_runs(run_ours, run_ref, device, spec.get("pairs", spec["repeats"]), spec["min_time"],
+            pair = timing.paired_runs(run_ours, run_ref, device, spec.get("pairs", spec["repeats"]), spec["min_time"],
                                       float("inf"), warmup=0 if spec.get("quick") else 1)
             out["paired"] = dict(pair, speedup_median=pair["ratio_median"],
                                  note="t_reference / t_ours per alternating pair, same process and weights")

@@ -54,8 +54,9 @@ def _bad_values(t: torch.Tensor) -> str:
 
 
 # ---- numbers ---------------------------------------------------------------------------------------
-def sampler_numbers(cfgs: Sequence[float], taus: Sequence[float], top_p: float) -> None:
-    """Per-scale cfg and tau, and top_p, must be finite numbers."""
+def sampler_numbers(cfgs: Sequence[float], taus: Sequence[float], top_k: int, top_p: float) -> None:
+    """The one check of the sampler's numbers: per-scale cfg and tau, and top_p, finite; tau above 0; top_k >= 0;
+    top_p in 0..1."""
     checks = (("cfg", cfgs, "cfg mixes the conditional and unconditional logits: 3.0 (Infinity-2B), 1 = off"),
               ("tau", taus, "tau divides the logits: 0.5 (Infinity-2B) or 1.0 (Infinity-8B); an infinite tau "
                             "would draw uniform random bits"),
@@ -65,6 +66,12 @@ def sampler_numbers(cfgs: Sequence[float], taus: Sequence[float], top_p: float) 
         if bad:
             where = f" (scale {bad[0][0] + 1})" if len(values) > 1 else ""
             raise SamplingError(f"{name} must be a finite number, got {bad[0][1]}{where}", hint=hint)
+    if not 0 <= top_p <= 1 or top_k < 0:
+        raise SamplingError(f"top_k {top_k} / top_p {top_p} out of range",
+                            hint="top_k >= 0 (1 = greedy per bit), 0 <= top_p <= 1 (0 = off)")
+    if min(taus) <= 0:
+        raise SamplingError(f"tau must be above 0, got {min(taus)}",
+                            hint="tau divides the logits: 0.5 (Infinity-2B) or 1.0 (Infinity-8B)")
 
 
 # ---- what `sample` is given ------------------------------------------------------------------------

@@ -55,13 +55,7 @@ class SamplerSettings:
         `sample` checks again)."""
         cfgs, taus = self.per_scale(num_scales)
         _guidance(self, depth)
-        validation.sampler_numbers(cfgs, taus, self.top_p)
-        if not 0 <= self.top_p <= 1 or self.top_k < 0:
-            raise SamplingError(f"top_k {self.top_k} / top_p {self.top_p} out of range",
-                                hint="top_k >= 0 (1 = greedy per bit), 0 <= top_p <= 1 (0 = off)")
-        if min(taus) <= 0:
-            raise SamplingError(f"tau must be above 0, got {min(taus)}",
-                                hint="tau divides the logits: 0.5 (Infinity-2B) or 1.0 (Infinity-8B)")
+        validation.sampler_numbers(cfgs, taus, self.top_k, self.top_p)
 
     def per_scale(self, n: int) -> tuple[list[float], list[float]]:
         def expand(value, name):

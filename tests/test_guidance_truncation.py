@@ -55,6 +55,23 @@ def test_truncated_bits_equal_the_full_cfg_computation(tiny_transformer, prompt,
     assert torch.equal(short.summed_codes, full.summed_codes)
 
 
+def test_guidance_on_the_first_scale_only_truncates_after_it(tiny_transformer, prompt, negative):
+    """The shortest truncation: the unconditional half runs the first scale only (the plan's guided scales = 1),
+    and the bits are still those of the full computation."""
+    cfg = [3.0] + [1.0] * 6
+    schedule = ScaleSchedule(1.0, "0.06M")
+    rows, remove = _rows_per_scale(tiny_transformer)
+    try:
+        short = _run(tiny_transformer, prompt, schedule, SamplerSettings(cfg=cfg), negative=negative)
+    finally:
+        remove()
+    full = _run(tiny_transformer, prompt, schedule, SamplerSettings(cfg=cfg, truncate_guidance=False),
+                negative=negative)
+    assert rows == [4] + [2] * 6
+    assert all(torch.equal(a, b) for a, b in zip(short.bits, full.bits))
+    assert torch.equal(short.summed_codes, full.summed_codes)
+
+
 def test_a_cfg_one_scale_in_the_middle_keeps_both_halves(tiny_transformer, prompt):
     rows, remove = _rows_per_scale(tiny_transformer)
     try:

@@ -77,11 +77,12 @@ def _adopt(make_model, sd, path: str, what: str, dtype, device, verify_finite: b
     being loaded: a ComfyUI op under dynamic VRAM holds no weight until its state dict is loaded through it.
     The load goes through the ops' own `_load_from_state_dict`, so their machinery sees every weight."""
     with _file_problem(path, what):
-        check_keys(make_model(default_ops), sd, path, what)
+        plain = make_model(default_ops)
+        check_keys(plain, sd, path, what)
         sd = cast_floats(sd, dtype)
         if verify_finite:
             check_finite(sd, path)
-        model = make_model(ops)
+        model = plain if ops is default_ops else make_model(ops)  # built once when there are no other ops
         model.load_state_dict(sd, strict=True, assign=True)
     _check_loaded(model, sd, path, what)
     return model.to(device).eval().requires_grad_(False)
